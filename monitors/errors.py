@@ -1,0 +1,95 @@
+"""Typed exceptions raised by ``latentguard.monitors``.
+
+Everything the package raises on bad input derives from :class:`MonitorError`, so the server can
+map errors to gRPC status codes in one place:
+
+* :class:`SAEFormatError`, :class:`RuleValidationError`, :class:`ShapeError`,
+  :class:`UnknownFeatureError` -> invalid argument (the caller sent or configured something wrong);
+* :class:`NotFoundError` -> not found.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = [
+    "MonitorError",
+    "NotFoundError",
+    "RuleValidationError",
+    "SAEFormatError",
+    "ShapeError",
+    "UnknownFeatureError",
+]
+
+
+class MonitorError(Exception):
+    """Base class of every error raised by ``latentguard.monitors`` on bad input."""
+
+
+class SAEFormatError(MonitorError):
+    """An SAE (or probe / catalog) file cannot be read: unknown format, missing key, bad shape."""
+
+    def __init__(self, path: str | Path, problem: str, *, key: str = "") -> None:
+        self.path = str(path)
+        self.key = key
+        self.problem = problem
+        where = f"{self.path}: key {key!r}: " if key else f"{self.path}: "
+        super().__init__(where + problem)
+
+
+class RuleValidationError(MonitorError):
+    """A rule, policy or rule pack is invalid.
+
+    ``field`` is a dotted path such as ``rules[2].when.any[0].threshold`` ("" when the problem is
+    not tied to one field) and ``problem`` says what is wrong. When several problems were found,
+    ``errors`` holds all of them as ``(field, problem)`` pairs (the first is ``field, problem``)
+    and ``lines`` the matching 1-based line numbers in ``source`` where known.
+    """
+
+    def __init__(
+        self,
+        field: str,
+        problem: str,
+        *,
+        errors: list[tuple[str, str]] | None = None,
+        source: str = "",
+        lines: list[int | None] | None = None,
+    ) -> None:
+        self.errors: list[tuple[str, str]] = list(errors) if errors else [(field, problem)]
+        self.field, self.problem = self.errors[0]
+        self.source = source
+        self.lines: list[int | None] = list(lines) if lines else [None] * len(self.errors)
+        if len(self.lines) != len(self.errors):
+            raise ValueError("lines and errors must have the same length")
+        super().__init__(str(self))
+
+    @property
+    def line(self) -> int | None:
+        """Line of the first problem in ``source`` (1-based), if known."""
+        return self.lines[0]
+
+    def __str__(self) -> str:
+        parts = []
+        for (field, problem), line in zip(self.errors, self.lines, strict=True):
+            prefix = ""
+            if self.source:
+                prefix = f"{self.source}:{line}: " if line is not None else f"{self.source}: "
+            parts.append(prefix + (f"{field}: {problem}" if field else problem))
+        return "; ".join(parts)
+
+
+class ShapeError(MonitorError):
+    """An activation batch (or other tensor argument) has the wrong shape or dtype."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
+
+
+class UnknownFeatureError(MonitorError):
+    """A feature index is out of range for the SAE, or a probe name is unknown."""
+
+
+class NotFoundError(MonitorError):
+    """A looked-up item (e.g. a feature id in the catalog) does not exist."""
