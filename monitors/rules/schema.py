@@ -8,12 +8,10 @@ the dotted path of the offending field.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
 from latentguard.monitors.errors import RuleValidationError
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "NAME_PATTERN",
@@ -115,7 +113,7 @@ class Condition(_Model):
 
     @model_validator(mode="before")
     @classmethod
-    def _shorthand(cls, data: Any) -> Any:  # noqa: ANN401 - raw user input
+    def _shorthand(cls, data: Any) -> Any:
         if isinstance(data, dict) and ("feature" in data or "probe" in data):
             if not {"signal", "all", "any"} & data.keys():
                 return {"signal": data}
@@ -240,7 +238,3 @@ def _duplicates(field: str, names: list[str]) -> list[tuple[str, str]]:
             out.append((f"{field}[{i}].name", f"duplicate name {name!r}"))
         seen.add(name)
     return out
-
-
-def _finite(x: float) -> bool:
-    return math.isfinite(x)

@@ -1,0 +1,38 @@
+"""Rules, policies and rule packs: the YAML schema and its loader."""
+
+from latentguard.monitors.rules.loading import load_rule_pack, validate_rule
+from latentguard.monitors.rules.schema import (
+    NAME_PATTERN,
+    SEVERITY_ORDER,
+    Action,
+    Condition,
+    Policy,
+    Rule,
+    RulePack,
+    Scope,
+    Severity,
+    Signal,
+    Steer,
+    SteerFeature,
+    Window,
+    severity_rank,
+)
+
+__all__ = [
+    "NAME_PATTERN",
+    "SEVERITY_ORDER",
+    "Action",
+    "Condition",
+    "Policy",
+    "Rule",
+    "RulePack",
+    "Scope",
+    "Severity",
+    "Signal",
+    "Steer",
+    "SteerFeature",
+    "Window",
+    "load_rule_pack",
+    "severity_rank",
+    "validate_rule",
+]

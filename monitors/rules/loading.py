@@ -1,0 +1,146 @@
+"""Parse rule packs from YAML and turn every mistake into a :class:`RuleValidationError`.
+
+Validation errors name the source, the line of the offending key (found by walking the composed
+YAML node tree along the error's path) and the dotted field path as the user wrote it (the
+``signal:`` wrapper that the shorthand adds is left out when the user did not write it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from latentguard.monitors.errors import RuleValidationError
+from latentguard.monitors.rules.schema import Rule, RulePack
+from pydantic import ValidationError
+
+__all__ = ["load_rule_pack", "validate_rule"]
+
+MAX_ERRORS = 20
+
+
+def load_rule_pack(text: str, source: str = "<string>") -> RulePack:
+    """Parse and validate a YAML rule pack.
+
+    Raises:
+        RuleValidationError: on YAML syntax errors or invalid content; the message names
+            ``source``, the line and the field.
+    """
+    try:
+        data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = f"invalid YAML: {exc.problem or exc.context or exc}"
+        raise RuleValidationError("", problem, source=source, lines=[line]) from None
+    except yaml.YAMLError as exc:
+        raise RuleValidationError("", f"invalid YAML: {exc}", source=source) from None
+    except RecursionError:
+        raise RuleValidationError("", "the YAML is nested too deeply", source=source) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        line = root.start_mark.line + 1 if root is not None else None
+        problem = f"a rule pack must be a mapping with 'rules' and 'policies', got {_kind(data)}"
+        raise RuleValidationError("", problem, source=source, lines=[line])
+    return _validate(RulePack, data, source=source, root=root)
+
+
+def validate_rule(data: dict[str, Any]) -> Rule:
+    """Validate one rule given as a plain mapping (e.g. from an API call)."""
+    if not isinstance(data, dict):
+        raise RuleValidationError("", f"a rule must be a mapping, got {_kind(data)}")
+    return _validate(Rule, data, source="", root=None)
+
+
+def _validate(
+    model: type[RulePack] | type[Rule], data: dict[str, Any], *, source: str, root: Any
+) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors: list[tuple[str, str]] = []
+        lines: list[int | None] = []
+        for err in exc.errors(include_url=False)[:MAX_ERRORS]:
+            segments = _user_path(data, err["loc"])
+            errors.append((_dotted(segments), _problem(err)))
+            lines.append(_line(root, segments))
+        raise RuleValidationError(
+            errors[0][0], errors[0][1], errors=errors, source=source, lines=lines
+        ) from None
+    except RuleValidationError as exc:
+        lines = [_line(root, _parse_dotted(field)) for field, _ in exc.errors]
+        raise RuleValidationError(
+            exc.field, exc.problem, errors=exc.errors, source=source, lines=lines
+        ) from None
+    except RecursionError:
+        raise RuleValidationError("", "rule nesting is too deep", source=source) from None
+
+
+def _problem(err: dict[str, Any]) -> str:
+    msg = str(err["msg"])
+    if err["type"] == "extra_forbidden":
+        return f"unknown key {err['loc'][-1]!r} (not permitted)"
+    return msg.removeprefix("Value error, ")
+
+
+def _user_path(data: Any, loc: tuple[int | str, ...]) -> list[int | str]:
+    """The error location as the user wrote it: drop a ``signal`` segment the shorthand added."""
+    out: list[int | str] = []
+    node = data
+    for seg in loc:
+        if seg == "signal" and isinstance(node, dict) and "signal" not in node:
+            continue  # shorthand: the signal's keys sit directly in the condition
+        out.append(seg)
+        if isinstance(node, dict):
+            node = node.get(seg)
+        elif isinstance(node, list) and isinstance(seg, int) and 0 <= seg < len(node):
+            node = node[seg]
+        else:
+            node = None
+    return out
+
+
+def _dotted(segments: list[int | str]) -> str:
+    text = ""
+    for seg in segments:
+        text += f"[{seg}]" if isinstance(seg, int) else (f".{seg}" if text else str(seg))
+    return text
+
+
+def _parse_dotted(field: str) -> list[int | str]:
+    out: list[int | str] = []
+    for part in field.replace("[", ".[").split("."):
+        if not part:
+            continue
+        out.append(int(part[1:-1]) if part.startswith("[") else part)
+    return out
+
+
+def _line(root: Any, segments: list[int | str]) -> int | None:
+    """1-based line of the deepest YAML node along ``segments`` (the key when found)."""
+    if root is None:
+        return None
+    node = root
+    line = node.start_mark.line + 1
+    for seg in segments:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.value == str(seg):
+                    line, node = key.start_mark.line + 1, value
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(seg, int):
+            if not 0 <= seg < len(node.value):
+                return line
+            node = node.value[seg]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def _kind(value: Any) -> str:
+    return type(value).__name__
