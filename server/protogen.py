@@ -19,9 +19,8 @@ GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
 def generate(out_root: Path) -> list[Path]:
     """Compile every .proto under API_DIR into out_root; returns the generated files."""
-    from grpc_tools import protoc  # dev dependency: only needed to regenerate
-
     import grpc_tools
+    from grpc_tools import protoc  # dev dependency: only needed to regenerate
 
     include = Path(grpc_tools.__file__).parent / "_proto"
     protos = sorted(p.relative_to(PROTO_ROOT).as_posix() for p in API_DIR.glob("*.proto"))

@@ -1,0 +1,135 @@
+"""Server errors, and the one place where every error becomes a gRPC status.
+
+`monitors/` raises its own typed errors (bad rules, bad shapes, unknown features); the store
+and services raise the ones below. `status_for` maps both to a code and a message that names
+the field and the problem, and `grpc_errors` applies it around each RPC handler.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from latentguard.monitors import errors as monitor_errors
+
+log = logging.getLogger(__name__)
+
+
+class ServerError(Exception):
+    code = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str, *, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class NotFound(ServerError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class VersionConflict(ServerError):
+    """A put or delete named an expected version that is not the stored one."""
+
+    code = grpc.StatusCode.ABORTED
+
+
+class InvalidArgument(ServerError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class Unavailable(ServerError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class FailedPrecondition(ServerError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+_MONITOR_CODES: dict[type[Exception], grpc.StatusCode] = {
+    monitor_errors.RuleValidationError: grpc.StatusCode.INVALID_ARGUMENT,
+    monitor_errors.ShapeError: grpc.StatusCode.INVALID_ARGUMENT,
+    monitor_errors.UnknownFeatureError: grpc.StatusCode.INVALID_ARGUMENT,
+    monitor_errors.SAEFormatError: grpc.StatusCode.FAILED_PRECONDITION,
+    monitor_errors.NotFoundError: grpc.StatusCode.NOT_FOUND,
+}
+
+
+def status_for(exc: Exception) -> tuple[grpc.StatusCode, str, list[tuple[str, str]]]:
+    """(code, message, [(field, problem), ...]) for an exception."""
+    if isinstance(exc, ServerError):
+        return exc.code, str(exc), [(exc.field, str(exc))] if exc.field else []
+    if isinstance(exc, monitor_errors.RuleValidationError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc), list(exc.errors)
+    if isinstance(exc, monitor_errors.ShapeError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc), [(exc.field, exc.problem)]
+    for cls, code in _MONITOR_CODES.items():
+        if isinstance(exc, cls):
+            return code, str(exc), []
+    return grpc.StatusCode.INTERNAL, "internal error (logged by the server)", []
+
+
+def rich_status(
+    code: grpc.StatusCode, message: str, violations: list[tuple[str, str]]
+) -> grpc.Status:
+    """A status whose details carry google.rpc.BadRequest field violations."""
+    detail = any_pb2.Any()
+    detail.Pack(
+        error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+                for f, d in violations
+            ]
+        )
+    )
+    status = status_pb2.Status(
+        code=getattr(code_pb2, code.name), message=message, details=[detail] if violations else []
+    )
+    return rpc_status.to_status(status)
+
+
+async def abort_with(context: grpc.aio.ServicerContext, exc: Exception) -> None:
+    code, message, violations = status_for(exc)
+    if code == grpc.StatusCode.INTERNAL:
+        log.exception("unexpected error in %s", type(exc).__name__, exc_info=exc)
+    await context.abort_with_status(rich_status(code, message, violations))
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def grpc_errors(handler: F) -> F:
+    """Turn exceptions raised by a unary or server-streaming handler into gRPC statuses."""
+    import inspect
+
+    if inspect.isasyncgenfunction(handler):
+
+        @functools.wraps(handler)
+        async def stream_wrapper(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
+            try:
+                async for item in handler(self, request, context):
+                    yield item
+            except (grpc.aio.AbortError, GeneratorExit):
+                raise
+            except Exception as exc:
+                await abort_with(context, exc)
+
+        return stream_wrapper  # type: ignore[return-value]
+
+    @functools.wraps(handler)
+    async def unary_wrapper(self: Any, request: Any, context: Any) -> Awaitable[Any]:
+        try:
+            return await handler(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await abort_with(context, exc)
+            raise  # unreachable: abort raises
+
+    return unary_wrapper  # type: ignore[return-value]

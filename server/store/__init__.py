@@ -1,0 +1,103 @@
+"""The store: Redis through one code path, embedded by default.
+
+With no Redis URL the sidecar starts a private redis-server on a unix socket with append-only
+persistence in the data directory; with a URL it uses that Redis. Everything else is the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from latentguard.server.redis_server import RedisServer
+from latentguard.server.store.alerts import AlertStream
+from latentguard.server.store.keys import Keys
+from latentguard.server.store.traces import TraceStore
+from latentguard.server.store.versioned import VersionedStore
+
+__all__ = ["AlertStream", "Store", "TraceStore", "VersionedStore"]
+
+log = logging.getLogger(__name__)
+
+ChangeCallback = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Store:
+    """Rules, policies, traces and alerts in one Redis."""
+
+    def __init__(
+        self, client: aioredis.Redis, *, prefix: str = "lg",
+        retention: timedelta = timedelta(days=7), alert_maxlen: int = 100_000,
+        embedded: RedisServer | None = None,
+    ) -> None:
+        self.client = client
+        self.keys = Keys(prefix)
+        self.rules = VersionedStore(client, self.keys, "rule")
+        self.policies = VersionedStore(client, self.keys, "policy")
+        self.traces = TraceStore(client, self.keys, retention)
+        self.alerts = AlertStream(client, self.keys, alert_maxlen)
+        self._embedded = embedded
+
+    @classmethod
+    async def open(
+        cls, url: str | None, data_dir: Path, **kwargs: Any
+    ) -> Store:
+        """Connects to `url`, or starts the embedded Redis under `data_dir` when it is None."""
+        embedded = None
+        if url is None:
+            embedded = await asyncio.to_thread(RedisServer(data_dir).start)
+            url = embedded.url
+        client = aioredis.Redis.from_url(url, health_check_interval=30)
+        try:
+            await client.ping()
+        except Exception:
+            await client.aclose()
+            if embedded is not None:
+                embedded.stop()
+            raise
+        return cls(client, embedded=embedded, **kwargs)
+
+    async def revision(self) -> int:
+        return int(await self.client.get(self.keys.revision) or 0)
+
+    async def watch_changes(self, callback: ChangeCallback, poll_s: float = 1.0) -> None:
+        """Calls `callback(notice)` on each rule or policy change, until cancelled.
+
+        Pub/sub delivers notices within milliseconds; the revision is also polled every
+        `poll_s` so a notice lost to a reconnect still triggers a reload within that time.
+        """
+        seen = await self.revision()
+        pubsub = self.client.pubsub()
+        await pubsub.subscribe(self.keys.changes)
+        try:
+            while True:
+                try:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                   timeout=poll_s)
+                    if msg is not None:
+                        notice = json.loads(msg["data"])
+                        seen = max(seen, int(notice.get("revision", 0)))
+                        await callback(notice)
+                        continue
+                    current = await self.revision()
+                    if current != seen:
+                        seen = current
+                        await callback({"kind": "poll", "revision": current})
+                except (ConnectionError, OSError, aioredis.ConnectionError) as exc:
+                    log.warning("change notices interrupted (%s); retrying", exc)
+                    await asyncio.sleep(poll_s)
+        finally:
+            await pubsub.aclose()
+
+    async def close(self) -> None:
+        await self.client.aclose()
+        if self._embedded is not None:
+            await asyncio.to_thread(self._embedded.stop)
+            self._embedded = None

@@ -1,0 +1,47 @@
+"""Shared fixtures: real Redis servers started by the tests themselves, on free ports/sockets."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from latentguard.server.redis_server import RedisServer, find_redis_server, free_port
+from latentguard.server.store import Store
+
+
+def external_redis_binary() -> str:
+    """Prefer a system redis-server (a different build from the embedded one) when present."""
+    return shutil.which("redis-server") or find_redis_server()
+
+
+@pytest.fixture(scope="session")
+def external_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server on a free loopback port, as a shared production Redis would be."""
+    server = RedisServer(
+        tmp_path_factory.mktemp("external-redis"), port=free_port(), persistent=False,
+        binary=external_redis_binary(),
+    )
+    with server:
+        yield server.url
+
+
+@pytest.fixture(params=["embedded", "external"])
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Store]:
+    """The same contract runs against the embedded store and an external Redis."""
+    if request.param == "embedded":
+        opened = await Store.open(None, tmp_path / "data", retention=timedelta(days=1))
+    else:
+        url = request.getfixturevalue("external_redis")
+        # A fresh key prefix per test isolates tests sharing the external server.
+        prefix = f"t{abs(hash(request.node.nodeid)) % 10**8}"
+        opened = await Store.open(url, tmp_path, prefix=prefix, retention=timedelta(days=1))
+    try:
+        yield opened
+    finally:
+        await opened.close()
