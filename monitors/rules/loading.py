@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
+
 from latentguard.monitors.errors import RuleValidationError
 from latentguard.monitors.rules.schema import Rule, RulePack
-from pydantic import ValidationError
 
 __all__ = ["load_rule_pack", "validate_rule"]
 

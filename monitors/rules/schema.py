@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from latentguard.monitors.errors import RuleValidationError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from latentguard.monitors.errors import RuleValidationError
 
 __all__ = [
     "NAME_PATTERN",

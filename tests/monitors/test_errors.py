@@ -1,4 +1,5 @@
 import pytest
+
 from latentguard.monitors.errors import (
     MonitorError,
     NotFoundError,

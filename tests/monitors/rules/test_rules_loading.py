@@ -1,6 +1,7 @@
 import textwrap
 
 import pytest
+
 from latentguard.monitors.errors import RuleValidationError
 from latentguard.monitors.rules import load_rule_pack, validate_rule
 

@@ -1,4 +1,6 @@
 import pytest
+from pydantic import ValidationError
+
 from latentguard.monitors.errors import RuleValidationError
 from latentguard.monitors.rules import (
     SEVERITY_ORDER,
@@ -10,7 +12,6 @@ from latentguard.monitors.rules import (
     Window,
     severity_rank,
 )
-from pydantic import ValidationError
 
 
 def test_severity_rank_is_ordered():

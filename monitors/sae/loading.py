@@ -1,0 +1,52 @@
+"""``load_sae``: detect the on-disk format, convert, build the architecture's SAE class."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from latentguard.monitors.errors import SAEFormatError
+from latentguard.monitors.sae.base import SAE
+from latentguard.monitors.sae.formats import detect_format, get_format
+from latentguard.monitors.sae.registry import architecture_class
+
+__all__ = ["load_sae"]
+
+logger = logging.getLogger(__name__)
+
+
+def load_sae(
+    path: str | Path,
+    *,
+    format: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    hook_name: str | None = None,
+) -> SAE:
+    """Load an SAE from a folder (or a Gemma Scope ``params.npz``).
+
+    Args:
+        path: the SAE folder (or npz file).
+        format: one of ``saelens``, ``sparsify``, ``gemma_scope``, ``llama_scope``; detected from
+            the files present when None.
+        dtype: compute dtype. fp32 by default: bf16 matmuls are ~200x slower on CPUs without
+            AVX512-BF16.
+        device: where the tensors live.
+        hook_name: overrides the hook name from the files (needed when it cannot be inferred).
+
+    Raises:
+        SAEFormatError: unknown format, missing file or key, or a shape mismatch; the message
+            names the file and the key.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise SAEFormatError(p, "path does not exist")
+    fmt = get_format(format) if format else detect_format(p)
+    cfg, tensors = fmt.read(p, hook_name)
+    cls = architecture_class(cfg.architecture, str(p))
+    tensors = {k: v.to(dtype=dtype, device=device) for k, v in tensors.items()}
+    sae = cls(cfg, tensors, source=str(p))
+    logger.info("loaded %s SAE from %s (%s): %r", cfg.architecture, p, fmt.name, sae)
+    return sae
