@@ -64,7 +64,8 @@ _MONITOR_CODES: dict[type[Exception], grpc.StatusCode] = {
 def status_for(exc: Exception) -> tuple[grpc.StatusCode, str, list[tuple[str, str]]]:
     """(code, message, [(field, problem), ...]) for an exception."""
     if isinstance(exc, ServerError):
-        return exc.code, str(exc), [(exc.field, str(exc))] if exc.field else []
+        problem = str(exc).removeprefix(f"{exc.field}: ")
+        return exc.code, str(exc), [(exc.field, problem)] if exc.field else []
     if isinstance(exc, monitor_errors.RuleValidationError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc), list(exc.errors)
     if isinstance(exc, monitor_errors.ShapeError):

@@ -1,0 +1,181 @@
+"""The sidecar process: store, telemetry, the monitor runtime and the gRPC server, wired."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from latentguard.monitors.rules import load_rule_pack
+from latentguard.server.auth import Authenticator, AuthInterceptor
+from latentguard.server.config import Settings
+from latentguard.server.runtime import MonitorRuntime
+from latentguard.server.services.features import FeaturesService
+from latentguard.server.services.monitor import MonitorService
+from latentguard.server.services.rules import RulesService
+from latentguard.server.services.traces import TracesService
+from latentguard.server.store import Store
+from latentguard.server.telemetry import Telemetry, setup_telemetry
+from latentguard.v1 import (
+    features_pb2,
+    features_pb2_grpc,
+    monitor_pb2,
+    monitor_pb2_grpc,
+    rules_pb2,
+    rules_pb2_grpc,
+    traces_pb2,
+    traces_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = tuple(
+    m.DESCRIPTOR.services_by_name[name].full_name
+    for m, name in (
+        (monitor_pb2, "Monitor"), (rules_pb2, "Rules"), (traces_pb2, "Traces"),
+        (features_pb2, "Features"),
+    )
+)
+
+
+def _server_credentials(settings: Settings) -> grpc.ServerCredentials:
+    tls = settings.tls
+    assert tls.cert_file is not None and tls.key_file is not None
+    key, cert = Path(tls.key_file).read_bytes(), Path(tls.cert_file).read_bytes()
+    ca = Path(tls.client_ca_file).read_bytes() if tls.client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+    )
+
+
+class Sidecar:
+    """One sidecar: `await start()`, then `await wait()` or `await stop()`."""
+
+    def __init__(self, settings: Settings, telemetry: Telemetry | None = None) -> None:
+        self.settings = settings
+        self.telemetry = telemetry or setup_telemetry()
+        self.auth = Authenticator(settings.auth.tokens)
+        self.store: Store | None = None
+        self.runtime: MonitorRuntime | None = None
+        self.server: grpc.aio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.address = ""
+
+    async def start(self) -> Sidecar:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        url = s.redis_url.get_secret_value() if s.redis_url else None
+        self.store = await Store.open(
+            url, s.data_dir, prefix=s.redis_prefix,
+            retention=timedelta(days=s.trace_retention_days), alert_maxlen=s.alert_stream_maxlen,
+        )
+        if s.rules_file is not None:
+            await self._apply_rules_file(Path(s.rules_file))
+        self.runtime = await MonitorRuntime.create(s, self.store, self.telemetry)
+        self._tasks.append(asyncio.create_task(self.store.watch_changes(self.runtime.on_change)))
+
+        max_bytes = s.max_message_mb * 1024 * 1024
+        server = grpc.aio.server(
+            interceptors=[AuthInterceptor(self.auth)],
+            options=[
+                ("grpc.max_receive_message_length", max_bytes),
+                ("grpc.max_send_message_length", max_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        rules_pb2_grpc.add_RulesServicer_to_server(
+            RulesService(self.store, self.auth, self.runtime.rule_checker), server)
+        traces_pb2_grpc.add_TracesServicer_to_server(
+            TracesService(self.store, self.auth, self.runtime.labels), server)
+        features_pb2_grpc.add_FeaturesServicer_to_server(FeaturesService(self.runtime), server)
+        monitor_pb2_grpc.add_MonitorServicer_to_server(MonitorService(self.runtime), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        self.address = self._bind(server)
+        await server.start()
+        for name in ("", *SERVICE_NAMES):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.server = server
+        self._health = health_servicer
+        log.info("latentguard serving on %s (store: %s, SAE: %s, auth: %s)", self.address,
+                 "embedded" if url is None else "external",
+                 s.sae_path or "none", "on" if self.auth.enabled else "off")
+        return self
+
+    def _bind(self, server: grpc.aio.Server) -> str:
+        s = self.settings
+        if s.is_unix:
+            path = s.socket_path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.exists():
+                path.unlink()
+            server.add_insecure_port(s.listen)
+            return s.listen
+        if s.tls.enabled:
+            port = server.add_secure_port(s.listen, _server_credentials(s))
+        else:
+            if not self.auth.enabled:
+                log.warning("listening on TCP %s without TLS or tokens: anyone who can reach "
+                            "the port can read traces and change rules", s.listen)
+            port = server.add_insecure_port(s.listen)
+        host = s.listen.rsplit(":", 1)[0]
+        return f"{host}:{port}"
+
+    async def _apply_rules_file(self, path: Path) -> None:
+        """Adds the file's rules and policies that the store does not have yet."""
+        assert self.store is not None
+        pack = load_rule_pack(path.read_text(), source=str(path))
+        existing = {v.name for v in await self.store.rules.list()}
+        for rule in pack.rules:
+            if rule.name not in existing:
+                await self.store.rules.put(rule.name, rule.model_dump(mode="json"),
+                                           expected_version=0, actor=f"file:{path.name}")
+        existing = {v.name for v in await self.store.policies.list()}
+        for policy in pack.policies:
+            if policy.name not in existing:
+                await self.store.policies.put(policy.name, policy.model_dump(mode="json"),
+                                              expected_version=0, actor=f"file:{path.name}")
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self.server is not None:
+            await self._health.enter_graceful_shutdown()
+            await self.server.stop(grace)
+            self.server = None
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.runtime is not None:
+            await self.runtime.close()
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
+        if self.settings.is_unix and self.settings.socket_path.exists():
+            self.settings.socket_path.unlink()
+        self.telemetry.shutdown()
+
+    async def wait(self) -> None:
+        assert self.server is not None
+        await self.server.wait_for_termination()
+
+
+async def serve(settings: Settings) -> None:
+    """Runs until SIGINT/SIGTERM, then stops gracefully (the store flushes its AOF)."""
+    sidecar = await Sidecar(settings).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"latentguard {os.getpid()} serving on {sidecar.address}", flush=True)
+    await stop.wait()
+    log.info("stopping")
+    await sidecar.stop()

@@ -1,0 +1,133 @@
+"""Terminal rendering of rules, traces and alerts (rich)."""
+
+from __future__ import annotations
+
+from datetime import UTC
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from latentguard.server import convert
+from latentguard.v1 import rules_pb2, traces_pb2
+
+SEVERITY_STYLE = {"info": "dim", "low": "cyan", "medium": "yellow", "high": "bold red",
+                  "critical": "bold white on red", "": "dim"}
+
+
+def _sev(value: int) -> Text:
+    name = convert.severity_name(value)
+    return Text(name or "-", style=SEVERITY_STYLE.get(name, ""))
+
+
+def _time(ts: object) -> str:
+    if not ts.seconds and not ts.nanos:  # type: ignore[attr-defined]
+        return "-"
+    return convert.from_timestamp(ts).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")  # type: ignore[arg-type]
+
+
+def _name(table: dict[str, int], value: int) -> str:
+    return next((k for k, v in table.items() if v == value), "-")
+
+
+def rules_table(resp: rules_pb2.ListRulesResponse) -> Table:
+    table = Table(title=f"rules (store revision {resp.revision})")
+    for col in ("name", "version", "severity", "scope", "action", "enabled", "description"):
+        table.add_column(col)
+    for r in resp.rules:
+        table.add_row(r.name, str(r.version), _sev(r.severity), _name(convert.SCOPE, r.scope),
+                      _name(convert.ACTION, r.action.type), "yes" if r.enabled else "no",
+                      r.description)
+    return table
+
+
+def policies_table(resp: rules_pb2.ListPoliciesResponse) -> Table:
+    table = Table(title="policies")
+    for col in ("name", "version", "mode", "on failure", "monitoring", "rules"):
+        table.add_column(col)
+    for p in resp.policies:
+        table.add_row(p.name, str(p.version), _name(convert.MODE, p.mode),
+                      _name(convert.FAILURE, p.on_failure), "on" if p.monitoring else "off",
+                      ", ".join(p.rules))
+    return table
+
+
+def traces_table(traces: list[traces_pb2.Trace]) -> Table:
+    table = Table(title=f"{len(traces)} traces")
+    for col in ("id", "started", "model", "policy", "status", "severity", "rules hit",
+                "finish"):
+        table.add_column(col, no_wrap=col == "id")
+    for t in traces:
+        status = _name(convert.STATUS, t.status)
+        table.add_row(t.id, _time(t.started_at), t.model, t.policy,
+                      Text(status, style="red" if status == "flagged" else ""),
+                      _sev(t.max_severity), ", ".join(t.rules_hit), t.finish_reason)
+    return table
+
+
+def show_trace(console: Console, t: traces_pb2.Trace) -> None:
+    status = _name(convert.STATUS, t.status)
+    head = Text()
+    head.append(f"trace {t.id}\n", style="bold")
+    head.append(f"request {t.request_tag}  model {t.model or '-'}  policy {t.policy or '-'}\n")
+    head.append(f"started {_time(t.started_at)}  ended {_time(t.ended_at)}  "
+                f"tokens {t.prompt_tokens} prompt + {t.completion_tokens} generated\n")
+    head.append("status ")
+    head.append(status, style="bold red" if status == "flagged" else "bold")
+    head.append(f"  finish {t.finish_reason or '-'}")
+    if t.blocked:
+        head.append(f"  BLOCKED by {t.blocked_by}", style="bold red")
+    if t.monitoring_gap:
+        head.append("  (monitoring gap)", style="yellow")
+    if t.otel_trace_id:
+        head.append(f"\nOpenTelemetry trace {t.otel_trace_id} span {t.otel_span_id}", style="dim")
+    console.print(Panel(head, expand=False))
+    if t.prompt_text or t.completion_text:
+        text = Text()
+        text.append(t.prompt_text, style="dim")
+        text.append(t.completion_text)
+        console.print(Panel(text, title="text", expand=False))
+
+    hit_positions = {h.position: h for h in t.hits}
+    if t.hits:
+        hits = Table(title="rule hits")
+        for col in ("rule", "severity", "action", "token", "score", "explanation"):
+            hits.add_column(col)
+        for h in t.hits:
+            hits.add_row(h.rule, _sev(h.severity), _name(convert.ACTION, h.action),
+                         str(h.position), f"{h.score:.3g}", h.explanation)
+        console.print(hits)
+
+    if t.tokens:
+        tokens = Table(title="tokens and their strongest features")
+        for col in ("pos", "token", "", "top features"):
+            tokens.add_column(col, no_wrap=col != "top features")
+        for tok in t.tokens:
+            shown = repr(tok.text)[1:-1] if tok.text else f"#{tok.token_id}"
+            feats = Text()
+            for i, f in enumerate(tok.top_features):
+                if i:
+                    feats.append("  ")
+                feats.append(f"{f.feature}", style="bold")
+                if f.label:
+                    feats.append(f" {f.label}", style="italic")
+                feats.append(f" {f.value:.2f}", style="dim")
+            hit = hit_positions.get(tok.position)
+            marker = Text(f"<- {hit.rule}", style="bold red") if hit else Text(
+                "prompt" if tok.prompt else "", style="dim")
+            tokens.add_row(str(tok.position), Text(shown, style="red" if hit else ""), marker,
+                           feats)
+        console.print(tokens)
+
+    for r in t.reviews:
+        console.print(f"review: {_name(convert.LABEL, r.label)} by {r.reviewer} at "
+                      f"{_time(r.at)}" + (f": {r.note}" if r.note else ""))
+
+
+def alert_line(a: traces_pb2.Alert) -> Text:
+    text = Text(f"{a.id}  ")
+    text.append_text(_sev(a.hit.severity))
+    text.append(f"  {a.hit.rule} ({_name(convert.ACTION, a.hit.action)}) trace {a.trace_id} "
+                f"request {a.request_tag}: {a.hit.explanation}")
+    return text

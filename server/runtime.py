@@ -1,0 +1,138 @@
+"""What the sidecar monitors with: the SAE, its feature catalog and probes, and the current
+rules and policies compiled into one rule engine, reloaded whenever the store says they changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from latentguard.monitors.errors import MonitorError, UnknownFeatureError
+from latentguard.monitors.rules import Policy, Rule
+from latentguard.server.config import Settings
+from latentguard.server.store import Store
+from latentguard.server.telemetry import Telemetry
+from latentguard.server.writer import TraceWriter
+
+log = logging.getLogger(__name__)
+
+#: Used when the store has no policy of the configured default name.
+BUILTIN_DEFAULT = Policy(name="default", description="every enabled rule", rules=["*"])
+
+CATALOG_FILES = ("features.json", "features.yaml", "features.yml")
+PROBES_DIR = "probes"
+
+
+class MonitorRuntime:
+    def __init__(self, settings: Settings, store: Store, telemetry: Telemetry) -> None:
+        self.settings = settings
+        self.store = store
+        self.telemetry = telemetry
+        self.sae: Any = None
+        self.catalog: Any = None
+        self.probes: Any = None
+        self.rules: dict[str, Rule] = {}
+        self.policies: dict[str, Policy] = {}
+        self.engine: Any = None
+        self.revision = -1
+        self._lock = asyncio.Lock()
+        self.writer = TraceWriter(store, settings.data_dir)
+
+    @classmethod
+    async def create(cls, settings: Settings, store: Store, telemetry: Telemetry
+                     ) -> MonitorRuntime:
+        runtime = cls(settings, store, telemetry)
+        if settings.sae_path is not None:
+            await asyncio.to_thread(runtime._load_sae, Path(settings.sae_path))
+        await runtime.reload()
+        runtime.writer.start()
+        return runtime
+
+    def _load_sae(self, path: Path) -> None:
+        from latentguard.monitors.catalog import FeatureCatalog
+        from latentguard.monitors.probes import ProbeSet
+        from latentguard.monitors.sae import load_sae
+
+        self.sae = load_sae(path)
+        folder = path if path.is_dir() else path.parent
+        for name in CATALOG_FILES:
+            if (folder / name).is_file():
+                self.catalog = FeatureCatalog.load(folder / name, d_sae=self.sae.d_sae)
+                break
+        if (folder / PROBES_DIR).is_dir():
+            self.probes = ProbeSet.load(folder / PROBES_DIR, d_in=self.sae.d_in)
+        log.info("loaded %r (catalog: %s, probes: %s)", self.sae,
+                 "yes" if self.catalog else "no", self.probes.names if self.probes else "none")
+
+    # ---- rules ------------------------------------------------------------------------------
+
+    def check_rule(self, rule: Rule) -> None:
+        """Refuses a rule whose features or probes the loaded SAE does not have."""
+        if self.sae is None:
+            return
+        known_probes = set(self.probes.names) if self.probes is not None else set()
+        for sig in rule.when.signals():
+            if sig.feature is not None and sig.feature >= self.sae.d_sae:
+                raise UnknownFeatureError(
+                    f"rule {rule.name!r}: feature {sig.feature} out of range (the SAE has "
+                    f"{self.sae.d_sae} features)")
+            if sig.probe is not None and sig.probe not in known_probes:
+                raise UnknownFeatureError(
+                    f"rule {rule.name!r}: unknown probe {sig.probe!r} (loaded: "
+                    f"{', '.join(sorted(known_probes)) or 'none'})")
+        steer = rule.action.steer
+        for f in steer.features if steer is not None else ():
+            if f.feature >= self.sae.d_sae:
+                raise UnknownFeatureError(
+                    f"rule {rule.name!r}: steer feature {f.feature} out of range")
+
+    def rule_checker(self) -> Any:
+        return self.check_rule if self.sae is not None else None
+
+    def labels(self) -> dict[int, str]:
+        return self.catalog.labels() if self.catalog is not None else {}
+
+    async def on_change(self, notice: dict[str, Any]) -> None:
+        log.debug("change notice %s", notice)
+        await self.reload()
+
+    async def reload(self) -> None:
+        """Reads every rule and policy and recompiles the engine (one at a time)."""
+        async with self._lock:
+            revision = await self.store.revision()
+            rules: dict[str, Rule] = {}
+            for v in await self.store.rules.list():
+                rule = Rule.model_validate(v.spec)
+                try:
+                    self.check_rule(rule)
+                except MonitorError as exc:
+                    log.error("rule %s left out: %s", rule.name, exc)
+                    continue
+                rules[rule.name] = rule
+            policies = {v.name: Policy.model_validate(v.spec)
+                        for v in await self.store.policies.list()}
+            engine = None
+            if self.sae is not None:
+                from latentguard.monitors.rules import RuleEngine
+
+                enabled = [r for r in rules.values() if r.enabled]
+                engine = RuleEngine(enabled, probes=self.probes, d_sae=self.sae.d_sae)
+            self.rules, self.policies, self.engine = rules, policies, engine
+            self.revision = revision
+            log.info("rules at revision %d: %d rules, %d policies", revision, len(rules),
+                     len(policies))
+
+    def policy(self, name: str) -> Policy:
+        """The named policy; unknown or empty names get the default policy."""
+        if name and name in self.policies:
+            return self.policies[name]
+        default = self.settings.default_policy
+        if name and name != default:
+            log.warning("unknown policy %r: using %r", name, default)
+        return self.policies.get(default, BUILTIN_DEFAULT)
+
+    async def close(self) -> None:
+        await self.writer.close()
+        self.engine = None

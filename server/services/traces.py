@@ -1,0 +1,98 @@
+"""The Traces service: list, get, review, and the live alert stream."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+
+from latentguard.monitors.rules import severity_rank
+from latentguard.server import convert
+from latentguard.server.auth import Authenticator
+from latentguard.server.errors import InvalidArgument, grpc_errors
+from latentguard.server.records import ReviewRecord, TraceFilter
+from latentguard.server.store import Store
+from latentguard.v1 import traces_pb2, traces_pb2_grpc
+
+MAX_NOTE = 10_000
+
+
+class TracesService(traces_pb2_grpc.TracesServicer):
+    def __init__(self, store: Store, auth: Authenticator,
+                 labels: Callable[[], dict[int, str]] = dict) -> None:
+        self._store = store
+        self._auth = auth
+        self._labels = labels
+
+    @grpc_errors
+    async def ListTraces(self, request: traces_pb2.ListTracesRequest,
+                         context: grpc.aio.ServicerContext) -> traces_pb2.ListTracesResponse:
+        status = None
+        if request.status:
+            status = convert.status_name(request.status)
+            if status is None or status.startswith("<"):
+                raise InvalidArgument(f"status: unknown value {request.status}", field="status")
+        if request.page_size > 1000:
+            raise InvalidArgument("page_size: at most 1000", field="page_size")
+        flt = TraceFilter(
+            start=convert.from_timestamp(request.start_time)
+            if request.HasField("start_time") else None,
+            end=convert.from_timestamp(request.end_time) if request.HasField("end_time") else None,
+            rule=request.rule, min_severity=convert.severity_name(request.min_severity),
+            status=status, page_size=request.page_size or 50, page_token=request.page_token,
+        )
+        if flt.start and flt.end and flt.start >= flt.end:
+            raise InvalidArgument("start_time: must be before end_time", field="start_time")
+        page, token = await self._store.traces.list(flt)
+        return traces_pb2.ListTracesResponse(
+            traces=[convert.trace_proto(t) for t in page], next_page_token=token)
+
+    @grpc_errors
+    async def GetTrace(self, request: traces_pb2.GetTraceRequest,
+                       context: grpc.aio.ServicerContext) -> traces_pb2.Trace:
+        _check_id(request.id)
+        return convert.trace_proto(await self._store.traces.get(request.id), self._labels())
+
+    @grpc_errors
+    async def ReviewTrace(self, request: traces_pb2.ReviewTraceRequest,
+                          context: grpc.aio.ServicerContext) -> traces_pb2.Trace:
+        _check_id(request.id)
+        label = convert.label_name(request.label)
+        if label is None or label.startswith("<"):
+            raise InvalidArgument("label: one of TRUE_POSITIVE, FALSE_POSITIVE, ESCALATE",
+                                  field="label")
+        if len(request.note) > MAX_NOTE:
+            raise InvalidArgument(f"note: at most {MAX_NOTE} characters", field="note")
+        reviewer = request.reviewer or self._auth.caller_name(context)
+        if not reviewer:
+            raise InvalidArgument("reviewer: required when the call carries no token",
+                                  field="reviewer")
+        record = ReviewRecord(label=label, reviewer=reviewer, note=request.note)
+        return convert.trace_proto(await self._store.traces.review(request.id, record),
+                                   self._labels())
+
+    @grpc_errors
+    async def StreamAlerts(self, request: traces_pb2.StreamAlertsRequest,
+                           context: grpc.aio.ServicerContext) -> AsyncIterator[traces_pb2.Alert]:
+        min_rank = severity_rank(convert.severity_name(request.min_severity) or "info")
+        rules = set(request.rules)
+        if request.consumer_group:
+            if request.after_id:
+                raise InvalidArgument("after_id: not used with consumer_group", field="after_id")
+            alerts = self._store.alerts.consume(request.consumer_group, request.consumer)
+        else:
+            alerts = self._store.alerts.follow(request.after_id)
+        try:
+            async for alert in alerts:
+                if rules and alert.hit.rule not in rules:
+                    continue
+                if severity_rank(alert.hit.severity) < min_rank:
+                    continue
+                yield convert.alert_proto(alert)
+        finally:
+            await alerts.aclose()
+
+
+def _check_id(trace_id: str) -> None:
+    if len(trace_id) != 25 or any(c not in "0123456789abcdef" for c in trace_id):
+        raise InvalidArgument(f"id: {trace_id!r} is not a trace id (25 hex digits)", field="id")
