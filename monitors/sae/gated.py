@@ -6,7 +6,6 @@ Since ``exp(r_mag)`` scales columns, both paths share one matmul.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from latentguard.monitors.sae.base import SAE
@@ -27,9 +26,10 @@ class GatedSAE(SAE):
 
     def _prepare(self) -> None:
         self._mag_scale = self._tensors["r_mag"].exp()
+        self._neg_b_gate = -self._tensors["b_gate"]
 
     def _activate(self, sae_in: Tensor) -> Tensor:
         z = sae_in @ self._tensors["W_enc"]
-        gate = (z + self._tensors["b_gate"]) > 0
-        mag = torch.addcmul(self._tensors["b_mag"], z, self._mag_scale).relu_()
-        return mag.mul_(gate)
+        closed = z <= self._neg_b_gate  # gate pre-activation z + b_gate <= 0
+        z.mul_(self._mag_scale).add_(self._tensors["b_mag"]).relu_()
+        return z.masked_fill_(closed, 0.0)
