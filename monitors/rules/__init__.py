@@ -1,5 +1,6 @@
 """Rules, policies and rule packs: the YAML schema and its loader."""
 
+from latentguard.monitors.rules.engine import RuleEngine
 from latentguard.monitors.rules.loading import load_rule_pack, validate_rule
 from latentguard.monitors.rules.schema import (
     NAME_PATTERN,
@@ -17,15 +18,20 @@ from latentguard.monitors.rules.schema import (
     Window,
     severity_rank,
 )
+from latentguard.monitors.rules.session import Evidence, RuleHit, RuleSession
 
 __all__ = [
     "NAME_PATTERN",
     "SEVERITY_ORDER",
     "Action",
     "Condition",
+    "Evidence",
     "Policy",
     "Rule",
+    "RuleEngine",
+    "RuleHit",
     "RulePack",
+    "RuleSession",
     "Scope",
     "Severity",
     "Signal",

@@ -1,0 +1,141 @@
+"""Compile rules once per rule set; open one :class:`RuleSession` per request.
+
+The engine checks every feature index against the SAE width and every probe name against the
+loaded probes, and collects the feature columns the rules read (``signal_features``): the caller
+encodes with ``SAE.encode_for_monitor(x, engine.signal_features, k)`` and passes the
+``selected`` columns to ``RuleSession.step``.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from latentguard.monitors.errors import RuleValidationError, UnknownFeatureError
+from latentguard.monitors.rules.schema import Condition, Policy, Rule, Signal
+from latentguard.monitors.rules.session import RuleSession
+
+__all__ = ["CompiledRule", "CompiledSignal", "ProbeNames", "RuleEngine"]
+
+logger = logging.getLogger(__name__)
+
+OPS: dict[str, Callable[[float, float], bool]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+}
+
+
+class ProbeNames(Protocol):
+    """What the engine needs from a probe set: probe names in score-column order."""
+
+    @property
+    def names(self) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class CompiledSignal:
+    signal: Signal
+    source: str
+    """``f`` for a feature column, ``p`` for a probe column."""
+    column: int
+    """Column in the feature_values (or probe_values) passed to ``RuleSession.step``."""
+    compare: Callable[[float, float], bool]
+
+
+# A condition tree over signal slots: ("signal", slot) | ("all"|"any", (children...)).
+Tree = tuple[str, object]
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    rule: Rule
+    signals: tuple[CompiledSignal, ...]
+    tree: Tree
+
+
+class RuleEngine:
+    """Validated, compiled rules (immutable; share it between threads and requests)."""
+
+    def __init__(
+        self, rules: Sequence[Rule], probes: ProbeNames | None = None, d_sae: int | None = None
+    ) -> None:
+        probe_names = list(probes.names) if probes is not None else []
+        probe_cols = {name: i for i, name in enumerate(probe_names)}
+        enabled = [r for r in rules if r.enabled]
+        features = sorted({
+            s.feature for r in enabled for s in r.when.signals() if s.feature is not None
+        })
+        for rule in enabled:
+            _check_rule(rule, d_sae, probe_cols)
+        self._feature_cols = {f: i for i, f in enumerate(features)}
+        self.signal_features: Tensor = torch.tensor(features, dtype=torch.int64)
+        """Feature indices the rules read, ascending; column order of ``feature_values``."""
+        self.probe_names: list[str] = probe_names
+        """Probe names in column order of ``probe_values``."""
+        self.rules: dict[str, CompiledRule] = {}
+        for rule in enabled:
+            if rule.name in self.rules:
+                raise RuleValidationError("rules", f"rule {rule.name!r} given twice")
+            self.rules[rule.name] = self._compile(rule, probe_cols)
+        self.needs_probes = any(s.source == "p" for r in self.rules.values() for s in r.signals)
+
+    def _compile(self, rule: Rule, probe_cols: dict[str, int]) -> CompiledRule:
+        signals: list[CompiledSignal] = []
+
+        def walk(cond: Condition) -> Tree:
+            if cond.signal is not None:
+                s = cond.signal
+                if s.feature is not None:
+                    compiled = CompiledSignal(s, "f", self._feature_cols[s.feature], OPS[s.op])
+                else:
+                    compiled = CompiledSignal(s, "p", probe_cols[s.probe or ""], OPS[s.op])
+                signals.append(compiled)
+                return ("signal", len(signals) - 1)
+            kind = "all" if cond.all is not None else "any"
+            return (kind, tuple(walk(c) for c in (cond.all or cond.any or [])))
+
+        tree = walk(rule.when)
+        return CompiledRule(rule, tuple(signals), tree)
+
+    def rules_for(self, policy: Policy) -> list[CompiledRule]:
+        """The compiled rules a policy selects (``["*"]``: all); unknown names are skipped."""
+        if not policy.monitoring:
+            return []
+        if policy.rules == ["*"]:
+            return list(self.rules.values())
+        missing = [n for n in policy.rules if n not in self.rules]
+        if missing:
+            logger.debug("policy %s: rules %s are not enabled or not loaded", policy.name, missing)
+        return [self.rules[n] for n in policy.rules if n in self.rules]
+
+    def new_session(self, policy: Policy) -> RuleSession:
+        """Per-request evaluation state for the rules ``policy`` selects."""
+        n_features, n_probes = len(self._feature_cols), len(self.probe_names)
+        return RuleSession(self.rules_for(policy), n_features=n_features, n_probes=n_probes)
+
+
+def _check_rule(rule: Rule, d_sae: int | None, probe_cols: dict[str, int]) -> None:
+    for s in rule.when.signals():
+        if s.feature is not None and d_sae is not None and s.feature >= d_sae:
+            raise UnknownFeatureError(
+                f"rule {rule.name!r}: feature {s.feature} out of range (the SAE has {d_sae})"
+            )
+        if s.probe is not None and s.probe not in probe_cols:
+            known = ", ".join(sorted(probe_cols)) or "none"
+            raise UnknownFeatureError(
+                f"rule {rule.name!r}: unknown probe {s.probe!r} (loaded: {known})"
+            )
+    steer = rule.action.steer
+    for f in steer.features if steer is not None else []:
+        if d_sae is not None and f.feature >= d_sae:
+            raise UnknownFeatureError(
+                f"rule {rule.name!r}: steer feature {f.feature} out of range (the SAE has {d_sae})"
+            )

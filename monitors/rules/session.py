@@ -1,0 +1,203 @@
+"""Per-request rule evaluation: windows, consecutive runs, scope, combinators, hits.
+
+Semantics, per rule:
+
+* Only tokens in the rule's scope are seen (``prompt``: prefill rows, ``generation``: generated
+  rows, ``both``); windows and consecutive runs count in-scope tokens only.
+* Each signal compares its value (the current token's, or its window aggregate) with the
+  threshold; with ``consecutive: N`` the comparison must hold on N in-scope tokens in a row.
+* ``all`` / ``any`` combine the signals of the same token.
+* A rule fires once per crossing: a hit is emitted on the token where the condition becomes
+  true; no further hit while it stays true; it can fire again after it has been false on at
+  least one in-scope token.
+* A hit's ``score`` is the value of the first signal that holds (depth first); ``evidence``
+  lists every holding signal with the position that explains it (for a ``max`` window, the
+  token that holds the maximum) and its value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+from torch import Tensor
+
+from latentguard.monitors.errors import ShapeError
+from latentguard.monitors.rules.schema import Action, Severity, Signal
+from latentguard.monitors.rules.windows import WindowAgg, make_window
+
+if TYPE_CHECKING:
+    from latentguard.monitors.rules.engine import CompiledRule, CompiledSignal, Tree
+
+__all__ = ["Evidence", "RuleHit", "RuleSession"]
+
+
+class Evidence(NamedTuple):
+    signal: str
+    """``feature 123`` or ``probe deception``."""
+    position: int
+    value: float
+
+
+@dataclass(frozen=True)
+class RuleHit:
+    rule: str
+    severity: Severity
+    action: Action
+    position: int
+    """Position of the token on which the rule fired."""
+    score: float
+    explanation: str
+    evidence: tuple[Evidence, ...]
+
+
+class _SignalState:
+    __slots__ = ("compiled", "window", "run", "run_start")
+
+    def __init__(self, compiled: CompiledSignal) -> None:
+        self.compiled = compiled
+        w = compiled.signal.window
+        self.window: WindowAgg | None = make_window(w) if w is not None else None
+        self.run = 0
+        self.run_start = 0
+
+    def update(self, value: float, position: int) -> tuple[bool, float, int]:
+        """Feed one in-scope token; (holds, aggregated value, position of interest)."""
+        if self.window is not None:
+            value, where = self.window.push(value, position)
+        else:
+            where = position
+        sig = self.compiled.signal
+        if self.compiled.compare(value, sig.threshold):
+            if self.run == 0:
+                self.run_start = position
+            self.run += 1
+        else:
+            self.run = 0
+        return self.run >= sig.consecutive, value, where
+
+
+class _RuleState:
+    __slots__ = ("compiled", "signals", "active", "prompt", "generation")
+
+    def __init__(self, compiled: CompiledRule) -> None:
+        self.compiled = compiled
+        self.signals = [_SignalState(s) for s in compiled.signals]
+        self.active = False
+        scope = compiled.rule.scope
+        self.prompt = scope in ("prompt", "both")
+        self.generation = scope in ("generation", "both")
+
+
+class RuleSession:
+    """Evaluation state of one request. Not thread-safe: one request's steps arrive in order."""
+
+    def __init__(self, rules: Sequence[CompiledRule], n_features: int, n_probes: int) -> None:
+        self._rules = [_RuleState(r) for r in rules]
+        self.n_features = n_features
+        self.n_probes = n_probes
+        self._needs_probes = any(s.source == "p" for r in rules for s in r.signals)
+
+    @property
+    def rule_names(self) -> list[str]:
+        return [r.compiled.rule.name for r in self._rules]
+
+    def step(
+        self,
+        feature_values: Tensor | np.ndarray,
+        probe_values: Tensor | np.ndarray | None,
+        positions: Sequence[int],
+        is_prompt: Sequence[bool],
+    ) -> list[RuleHit]:
+        """Feed the request's next rows (in order); return the rules that fired.
+
+        Args:
+            feature_values: ``[n, len(engine.signal_features)]`` activations of the rule features.
+            probe_values: ``[n, len(engine.probe_names)]`` probe scores, or None if no rule
+                uses a probe.
+            positions: token position of each row.
+            is_prompt: True for prompt (prefill) rows, False for generated rows.
+        """
+        n = len(positions)
+        fv = _rows(feature_values, "feature_values", n, self.n_features)
+        pv: list[list[float]] | None = None
+        if probe_values is not None:
+            pv = _rows(probe_values, "probe_values", n, self.n_probes)
+        elif self._needs_probes and n:
+            raise ShapeError("probe_values", "required: a rule of this policy uses a probe")
+        if len(is_prompt) != n:
+            raise ShapeError("is_prompt", f"expected {n} entries, got {len(is_prompt)}")
+        hits: list[RuleHit] = []
+        for t in range(n):
+            position, prompt = int(positions[t]), bool(is_prompt[t])
+            for state in self._rules:
+                if not (state.prompt if prompt else state.generation):
+                    continue
+                results = []
+                for sig in state.signals:
+                    c = sig.compiled
+                    value = fv[t][c.column] if c.source == "f" else pv[t][c.column]  # type: ignore[index]
+                    results.append(sig.update(value, position))
+                holds = _evaluate(state.compiled.tree, results)
+                if holds and not state.active:
+                    hits.append(_hit(state, results, position))
+                state.active = holds
+        return hits
+
+
+def _rows(values: Tensor | np.ndarray, field: str, n: int, width: int) -> list[list[float]]:
+    shape = tuple(values.shape)
+    if len(shape) != 2 or shape[0] != n or shape[1] != width:
+        raise ShapeError(field, f"expected shape [{n}, {width}], got {list(shape)}")
+    if isinstance(values, Tensor):
+        if not values.is_floating_point():
+            raise ShapeError(field, f"expected floating point values, got {values.dtype}")
+        return values.detach().cpu().double().tolist()
+    return np.asarray(values, dtype=np.float64).tolist()
+
+
+def _evaluate(tree: Tree, results: list[tuple[bool, float, int]]) -> bool:
+    kind, arg = tree
+    if kind == "signal":
+        return results[arg][0]  # type: ignore[index]
+    children = arg  # type: ignore[assignment]
+    if kind == "all":
+        return all(_evaluate(c, results) for c in children)  # type: ignore[union-attr]
+    return any(_evaluate(c, results) for c in children)  # type: ignore[union-attr]
+
+
+def _describe(sig: Signal, value: float, where: int, run_start: int) -> str:
+    text = sig.source_name
+    w = sig.window
+    if w is not None:
+        what = f"count of tokens > {w.above:g}" if w.agg == "count" else w.agg
+        text += f" {what} over the last {w.size} tokens"
+    text += f" = {value:.4g} {sig.op} {sig.threshold:g} at position {where}"
+    if sig.consecutive > 1:
+        text += f" for {sig.consecutive}+ consecutive tokens since position {run_start}"
+    return text
+
+
+def _hit(state: _RuleState, results: list[tuple[bool, float, int]], position: int) -> RuleHit:
+    rule = state.compiled.rule
+    evidence = []
+    parts = []
+    for sig_state, (holds, value, where) in zip(state.signals, results, strict=True):
+        if holds:
+            sig = sig_state.compiled.signal
+            evidence.append(Evidence(sig.source_name, where, float(value)))
+            parts.append(_describe(sig, value, where, sig_state.run_start))
+    explanation = f"rule {rule.name} ({rule.severity}) fired at position {position}: " + "; ".join(
+        parts
+    )
+    return RuleHit(
+        rule=rule.name,
+        severity=rule.severity,
+        action=rule.action,
+        position=position,
+        score=evidence[0].value if evidence else 0.0,
+        explanation=explanation,
+        evidence=tuple(evidence),
+    )
