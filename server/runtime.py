@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from latentguard.monitors.errors import MonitorError, UnknownFeatureError
+from latentguard.monitors.errors import MonitorError
 from latentguard.monitors.rules import Policy, Rule
 from latentguard.server.config import Settings
 from latentguard.server.store import Store
@@ -51,17 +51,19 @@ class MonitorRuntime:
         return runtime
 
     def _load_sae(self, path: Path) -> None:
-        from latentguard.monitors.catalog import FeatureCatalog
-        from latentguard.monitors.probes import ProbeSet
         from latentguard.monitors.sae import load_sae
 
         self.sae = load_sae(path)
         folder = path if path.is_dir() else path.parent
         for name in CATALOG_FILES:
             if (folder / name).is_file():
+                from latentguard.monitors.catalog import FeatureCatalog
+
                 self.catalog = FeatureCatalog.load(folder / name, d_sae=self.sae.d_sae)
                 break
         if (folder / PROBES_DIR).is_dir():
+            from latentguard.monitors.probes import ProbeSet
+
             self.probes = ProbeSet.load(folder / PROBES_DIR, d_in=self.sae.d_in)
         log.info("loaded %r (catalog: %s, probes: %s)", self.sae,
                  "yes" if self.catalog else "no", self.probes.names if self.probes else "none")
@@ -70,23 +72,12 @@ class MonitorRuntime:
 
     def check_rule(self, rule: Rule) -> None:
         """Refuses a rule whose features or probes the loaded SAE does not have."""
-        if self.sae is None:
-            return
-        known_probes = set(self.probes.names) if self.probes is not None else set()
-        for sig in rule.when.signals():
-            if sig.feature is not None and sig.feature >= self.sae.d_sae:
-                raise UnknownFeatureError(
-                    f"rule {rule.name!r}: feature {sig.feature} out of range (the SAE has "
-                    f"{self.sae.d_sae} features)")
-            if sig.probe is not None and sig.probe not in known_probes:
-                raise UnknownFeatureError(
-                    f"rule {rule.name!r}: unknown probe {sig.probe!r} (loaded: "
-                    f"{', '.join(sorted(known_probes)) or 'none'})")
-        steer = rule.action.steer
-        for f in steer.features if steer is not None else ():
-            if f.feature >= self.sae.d_sae:
-                raise UnknownFeatureError(
-                    f"rule {rule.name!r}: steer feature {f.feature} out of range")
+        if self.sae is not None:
+            from latentguard.monitors.rules import RuleEngine
+
+            # Compiled as enabled, so a disabled rule is checked too before it is stored.
+            enabled = rule.model_copy(update={"enabled": True})
+            RuleEngine([enabled], probes=self.probes, d_sae=self.sae.d_sae)
 
     def rule_checker(self) -> Any:
         return self.check_rule if self.sae is not None else None

@@ -10,6 +10,7 @@ import logging
 from collections.abc import AsyncIterator
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from latentguard import __version__
 from latentguard.server.errors import ServerError, Unavailable, grpc_errors, status_for
@@ -41,10 +42,11 @@ class MonitorService(monitor_pb2_grpc.MonitorServicer):
             sae_hook_name=sae.hook_name, layer=max(sae.layer, 0), d_model=sae.d_in,
             d_sae=sae.d_sae, server_version=__version__))
 
-    async def Stream(self, requests: AsyncIterator[monitor_pb2.MonitorMessage],
+    async def Stream(self, raw: AsyncIterator[monitor_pb2.MonitorMessage],
                      context: grpc.aio.ServicerContext
                      ) -> AsyncIterator[monitor_pb2.MonitorReply]:
-        first = await anext(aiter(requests), None)
+        requests = _decoded(raw, context)
+        first = await anext(requests, None)
         if first is None:
             return
         if first.WhichOneof("kind") != "hello":
@@ -86,6 +88,18 @@ class MonitorService(monitor_pb2_grpc.MonitorServicer):
                        ) -> AsyncIterator[monitor_pb2.GenerateEvent]:
         raise Unavailable(NO_MODEL)
         yield  # pragma: no cover - makes this a server-streaming handler
+
+
+async def _decoded(raw: AsyncIterator[monitor_pb2.MonitorMessage],
+                   context: grpc.aio.ServicerContext
+                   ) -> AsyncIterator[monitor_pb2.MonitorMessage]:
+    """The stream's messages; undecodable bytes end the stream with INVALID_ARGUMENT."""
+    try:
+        async for message in raw:
+            yield message
+    except DecodeError as exc:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                             f"message is not a latentguard.v1.MonitorMessage: {exc}")
 
 
 def _batch_error(step: int, code: grpc.StatusCode, field: str,
