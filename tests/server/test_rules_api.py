@@ -166,3 +166,19 @@ def test_cli_rules_roundtrip(sidecar, tmp_path: Path, capsys) -> None:
     assert cli(["rules", "validate", str(bad)]) == 1
     err = capsys.readouterr().err
     assert f"{bad}:4:" in err and "severity" in err
+
+
+def test_sidecars_sharing_a_redis_see_each_others_changes(tmp_path: Path,
+                                                          external_redis: str) -> None:
+    shared = {"redis_url": external_redis, "redis_prefix": "fleet"}
+    with running_sidecar(tmp_path / "one", **shared) as one, \
+            running_sidecar(tmp_path / "two", **shared) as two:
+        rules_pb2_grpc.RulesStub(one.channel()).PutRule(
+            rules_pb2.PutRuleRequest(rule=signal_rule("fleet-rule")))
+        deadline = time.monotonic() + 1.0
+        while "fleet-rule" not in two.sidecar.runtime.rules:
+            assert time.monotonic() < deadline, "second sidecar did not reload within 1 s"
+            time.sleep(0.02)
+        got = rules_pb2_grpc.RulesStub(two.channel()).GetRule(
+            rules_pb2.GetRuleRequest(name="fleet-rule"))
+        assert got.version == 1
