@@ -181,3 +181,14 @@ def test_encode_is_thread_safe(arch):
         t.join()
     for i, want in enumerate(expected):
         torch.testing.assert_close(results[i], want)
+
+
+@pytest.mark.parametrize("k", [1, K, K + 3])
+def test_topk_sparse_monitor_path_matches_dense(k):
+    sae, _ = make_sae("topk")
+    x = torch.from_numpy(rows(n=7, seed=9))
+    idx = torch.arange(D_SAE)
+    enc = sae.encode_for_monitor(x, idx, k)
+    acts = sae.encode(x)
+    torch.testing.assert_close(enc.selected, acts)
+    torch.testing.assert_close(enc.topk_values, acts.topk(k, dim=-1).values)
