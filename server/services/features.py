@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from latentguard.server.errors import FailedPrecondition, InvalidArgument, grpc_errors
+from latentguard.server.errors import FailedPrecondition, InvalidArgument, NotFound, grpc_errors
 from latentguard.server.runtime import MonitorRuntime
 from latentguard.v1 import features_pb2, features_pb2_grpc
 
@@ -52,8 +52,6 @@ class FeaturesService(features_pb2_grpc.FeaturesServicer):
                          context: grpc.aio.ServicerContext) -> features_pb2.Feature:
         d_sae, _ = self._sae()
         if request.index >= d_sae:
-            from latentguard.server.errors import NotFound
-
             raise NotFound(f"index: feature {request.index} does not exist (the SAE has "
                            f"{d_sae})", field="index")
         return self._feature(request.index)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 from collections.abc import Iterator
@@ -29,6 +30,11 @@ def build_sae(folder: Path) -> Path:
     sae = StandardSAE(cfg, {"W_enc": w_enc, "b_enc": torch.zeros(D_SAE),
                             "W_dec": w_enc.T.contiguous(), "b_dec": torch.zeros(D_IN)})
     save_saelens(sae, folder, model_name="tiny-test")
+    (folder / "features.json").write_text(json.dumps({"features": [
+        {"index": 3, "label": "unsafe code", "description": "shell injection, eval of input"},
+        {"index": 5, "label": "legal advice", "tags": ["topic"]},
+        {"index": 7, "label": "anger", "description": "hostile, angry tone"},
+    ]}))
     return folder
 
 

@@ -125,6 +125,7 @@ def test_stream_blocks_steers_and_records(sidecar, tmp_path: Path, capsys) -> No
     assert [t.prompt for t in a.tokens] == [True, True, False]
     assert a.tokens[2].top_features[0].feature == 3
     assert a.tokens[2].top_features[0].value == pytest.approx(2.5)
+    assert a.tokens[2].top_features[0].label == "unsafe code"
     assert [h.rule for h in a.hits] == ["unsafe-code"] and a.hits[0].position == 2
     assert a.hits[0].evidence[0].value == pytest.approx(2.5)
     assert len(a.otel_trace_id) == 32
