@@ -1,7 +1,7 @@
 """Rules, policies and rule packs: the YAML schema and its loader."""
 
 from latentguard.monitors.rules.engine import RuleEngine
-from latentguard.monitors.rules.loading import load_rule_pack, validate_rule
+from latentguard.monitors.rules.loading import load_rule_pack, validate_policy, validate_rule
 from latentguard.monitors.rules.schema import (
     NAME_PATTERN,
     SEVERITY_ORDER,
@@ -40,5 +40,6 @@ __all__ = [
     "Window",
     "load_rule_pack",
     "severity_rank",
+    "validate_policy",
     "validate_rule",
 ]

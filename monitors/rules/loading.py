@@ -13,9 +13,9 @@ import yaml
 from pydantic import ValidationError
 
 from latentguard.monitors.errors import RuleValidationError
-from latentguard.monitors.rules.schema import Rule, RulePack
+from latentguard.monitors.rules.schema import Policy, Rule, RulePack
 
-__all__ = ["load_rule_pack", "validate_rule"]
+__all__ = ["load_rule_pack", "validate_policy", "validate_rule"]
 
 MAX_ERRORS = 20
 
@@ -55,8 +55,19 @@ def validate_rule(data: dict[str, Any]) -> Rule:
     return _validate(Rule, data, source="", root=None)
 
 
+def validate_policy(data: dict[str, Any]) -> Policy:
+    """Validate one policy given as a plain mapping (rule names are not checked here)."""
+    if not isinstance(data, dict):
+        raise RuleValidationError("", f"a policy must be a mapping, got {_kind(data)}")
+    return _validate(Policy, data, source="", root=None)
+
+
 def _validate(
-    model: type[RulePack] | type[Rule], data: dict[str, Any], *, source: str, root: Any
+    model: type[RulePack] | type[Rule] | type[Policy],
+    data: dict[str, Any],
+    *,
+    source: str,
+    root: Any,
 ) -> Any:
     try:
         return model.model_validate(data)

@@ -7,7 +7,13 @@ from collections.abc import Callable
 import grpc
 
 from latentguard.monitors.errors import MonitorError, RuleValidationError
-from latentguard.monitors.rules import Policy, Rule, load_rule_pack, validate_rule
+from latentguard.monitors.rules import (
+    Policy,
+    Rule,
+    load_rule_pack,
+    validate_policy,
+    validate_rule,
+)
 from latentguard.server import convert
 from latentguard.server.auth import Authenticator
 from latentguard.server.errors import FailedPrecondition, InvalidArgument, grpc_errors
@@ -46,15 +52,9 @@ class RulesService(rules_pb2_grpc.RulesServicer):
         if not msg.name:
             raise InvalidArgument("policy.name: required", field="policy.name")
         try:
-            policy = Policy.model_validate(convert.policy_dict(msg))
-        except Exception as exc:  # pydantic's error -> the schema's typed error with field
-            from pydantic import ValidationError
-
-            if not isinstance(exc, ValidationError):
-                raise
-            err = exc.errors()[0]
-            field = "policy." + ".".join(str(p) for p in err["loc"])
-            raise RuleValidationError(field, err["msg"]) from None
+            policy = validate_policy(convert.policy_dict(msg))
+        except RuleValidationError as exc:
+            raise _prefixed(exc, "policy") from None
         known = {r.name for r in await self._store.rules.list()}
         for i, name in enumerate(policy.rules):
             if name != "*" and name not in known:

@@ -182,3 +182,12 @@ def test_sidecars_sharing_a_redis_see_each_others_changes(tmp_path: Path,
         got = rules_pb2_grpc.RulesStub(two.channel()).GetRule(
             rules_pb2.GetRuleRequest(name="fleet-rule"))
         assert got.version == 1
+
+
+def test_invalid_policy_names_the_field(sidecar) -> None:
+    stub = rules_pb2_grpc.RulesStub(sidecar.channel())
+    with pytest.raises(grpc.RpcError) as err:
+        stub.PutPolicy(rules_pb2.PutPolicyRequest(policy=rules_pb2.Policy(
+            name="p", rules=["*", "extra"])))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(err.value)[0][0] == "policy.rules"
