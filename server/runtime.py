@@ -115,6 +115,16 @@ class MonitorRuntime:
             log.info("rules at revision %d: %d rules, %d policies", revision, len(rules),
                      len(policies))
 
+    def policy_protos(self) -> list[Any]:
+        """Every policy as wire messages, with the built-in default when none has its name."""
+        from latentguard.server.convert import policy_proto
+
+        policies = dict(self.policies)
+        default = self.settings.default_policy
+        if default not in policies:
+            policies[default] = BUILTIN_DEFAULT.model_copy(update={"name": default})
+        return [policy_proto(p) for p in policies.values()]
+
     def policy(self, name: str) -> Policy:
         """The named policy; unknown or empty names get the default policy."""
         if name and name in self.policies:

@@ -40,7 +40,10 @@ class MonitorService(monitor_pb2_grpc.MonitorServicer):
                               f"{sae.hook_name!r}", field="hello.hook_name")
         return monitor_pb2.MonitorReply(ready=monitor_pb2.Ready(
             sae_hook_name=sae.hook_name, layer=max(sae.layer, 0), d_model=sae.d_in,
-            d_sae=sae.d_sae, server_version=__version__))
+            d_sae=sae.d_sae, server_version=__version__,
+            policies=self._runtime.policy_protos(),
+            default_policy=self._runtime.settings.default_policy,
+            policy_revision=self._runtime.revision))
 
     async def Stream(self, raw: AsyncIterator[monitor_pb2.MonitorMessage],
                      context: grpc.aio.ServicerContext
@@ -59,6 +62,7 @@ class MonitorService(monitor_pb2_grpc.MonitorServicer):
                     else grpc.StatusCode.FAILED_PRECONDITION)
             await context.abort(code, str(exc))
         session = StreamSession(self._runtime, self._runtime.writer, first.hello.client)
+        policy_revision = self._runtime.revision
         try:
             async for message in requests:
                 if message.WhichOneof("kind") != "step":
@@ -66,7 +70,12 @@ class MonitorService(monitor_pb2_grpc.MonitorServicer):
                                        "expected a step (hello only once, first)")
                     continue
                 try:
-                    yield monitor_pb2.MonitorReply(verdicts=await session.handle(message.step))
+                    verdicts = await session.handle(message.step)
+                    if self._runtime.revision != policy_revision:
+                        policy_revision = self._runtime.revision
+                        verdicts.policies.extend(self._runtime.policy_protos())
+                        verdicts.policy_revision = policy_revision
+                    yield monitor_pb2.MonitorReply(verdicts=verdicts)
                 except Exception as exc:
                     code, text, violations = status_for(exc)
                     if code == grpc.StatusCode.INTERNAL:

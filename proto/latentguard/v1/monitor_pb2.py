@@ -23,57 +23,58 @@ _sym_db = _symbol_database.Default()
 
 
 from latentguard.v1 import common_pb2 as latentguard_dot_v1_dot_common__pb2
+from latentguard.v1 import rules_pb2 as latentguard_dot_v1_dot_rules__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clatentguard/v1/monitor.proto\x12\x0elatentguard.v1\x1a\x1blatentguard/v1/common.proto\"k\n\x0eMonitorMessage\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.latentguard.v1.HelloH\x00\x12)\n\x04step\x18\x02 \x01(\x0b\x32\x19.latentguard.v1.StepBatchH\x00\x42\x06\n\x04kind\"J\n\x05Hello\x12\x0e\n\x06\x63lient\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x11\n\thook_name\x18\x03 \x01(\t\x12\x0f\n\x07\x64_model\x18\x04 \x01(\r\"\x94\x01\n\x0cRequestStart\x12\x13\n\x0brequest_tag\x18\x01 \x01(\t\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rprompt_tokens\x18\x04 \x01(\r\x12\x13\n\x0bprompt_text\x18\x05 \x01(\t\x12$\n\x05steer\x18\x06 \x01(\x0b\x32\x15.latentguard.v1.Steer\"h\n\x07RowSpan\x12\x13\n\x0brequest_tag\x18\x01 \x01(\t\x12\x11\n\trow_start\x18\x02 \x01(\r\x12\x11\n\tpositions\x18\x03 \x03(\r\x12\x11\n\ttoken_ids\x18\x04 \x03(\r\x12\x0f\n\x07prefill\x18\x05 \x01(\x08\"\x84\x01\n\nRequestEnd\x12\x13\n\x0brequest_tag\x18\x01 \x01(\t\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\r\x12\x17\n\x0f\x63ompletion_text\x18\x04 \x01(\t\x12\x16\n\x0emonitoring_gap\x18\x05 \x01(\x08\"\xc4\x01\n\tStepBatch\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12-\n\x07started\x18\x02 \x03(\x0b\x32\x1c.latentguard.v1.RequestStart\x12&\n\x05spans\x18\x03 \x03(\x0b\x32\x17.latentguard.v1.RowSpan\x12$\n\x04rows\x18\x04 \x01(\x0b\x32\x16.latentguard.v1.Tensor\x12,\n\x08\x66inished\x18\x05 \x03(\x0b\x32\x1a.latentguard.v1.RequestEnd\"\x8d\x01\n\x07Verdict\x12\x13\n\x0brequest_tag\x18\x01 \x01(\t\x12)\n\x04kind\x18\x02 \x01(\x0e\x32\x1b.latentguard.v1.VerdictKind\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12$\n\x05steer\x18\x05 \x01(\x0b\x32\x15.latentguard.v1.Steer\"\x9d\x01\n\x0cMonitorReply\x12&\n\x05ready\x18\x01 \x01(\x0b\x32\x15.latentguard.v1.ReadyH\x00\x12\x30\n\x08verdicts\x18\x02 \x01(\x0b\x32\x1c.latentguard.v1.StepVerdictsH\x00\x12+\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1a.latentguard.v1.BatchErrorH\x00\x42\x06\n\x04kind\"e\n\x05Ready\x12\x15\n\rsae_hook_name\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\r\x12\x0f\n\x07\x64_model\x18\x03 \x01(\r\x12\r\n\x05\x64_sae\x18\x04 \x01(\r\x12\x16\n\x0eserver_version\x18\x05 \x01(\t\"G\n\x0cStepVerdicts\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12)\n\x08verdicts\x18\x02 \x03(\x0b\x32\x17.latentguard.v1.Verdict\"H\n\nBatchError\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"O\n\x0eInspectRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\r\x12\x0e\n\x06policy\x18\x04 \x01(\t\"0\n\rFeatureSeries\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\r\x12\x0e\n\x06values\x18\x02 \x03(\x02\"\xa6\x01\n\x0fInspectResponse\x12\x10\n\x08trace_id\x18\x01 \x01(\t\x12+\n\x06tokens\x18\x02 \x03(\x0b\x32\x1b.latentguard.v1.TokenRecord\x12%\n\x04hits\x18\x03 \x03(\x0b\x32\x17.latentguard.v1.RuleHit\x12-\n\x06series\x18\x04 \x03(\x0b\x32\x1d.latentguard.v1.FeatureSeries\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xd2\x01\n\x0fGenerateRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12(\n\x04\x63hat\x18\x02 \x01(\x0b\x32\x18.latentguard.v1.MessagesH\x00\x12\x12\n\nmax_tokens\x18\x03 \x01(\r\x12\x13\n\x0btemperature\x18\x04 \x01(\x02\x12\x0e\n\x06policy\x18\x05 \x01(\t\x12$\n\x05steer\x18\x06 \x01(\x0b\x32\x15.latentguard.v1.Steer\x12\r\n\x05top_k\x18\x07 \x01(\r\x12\x0c\n\x04seed\x18\x08 \x01(\x04\x42\x07\n\x05input\"9\n\x08Messages\x12-\n\x08messages\x18\x01 \x03(\x0b\x32\x1b.latentguard.v1.ChatMessage\"\xf7\x01\n\rGenerateEvent\x12/\n\x05token\x18\x01 \x01(\x0b\x32\x1e.latentguard.v1.GeneratedTokenH\x00\x12/\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x1b.latentguard.v1.TokenRecordH\x00\x12&\n\x03hit\x18\x03 \x01(\x0b\x32\x17.latentguard.v1.RuleHitH\x00\x12*\n\x07verdict\x18\x04 \x01(\x0b\x32\x17.latentguard.v1.VerdictH\x00\x12(\n\x06\x66inish\x18\x05 \x01(\x0b\x32\x16.latentguard.v1.FinishH\x00\x42\x06\n\x04kind\"-\n\x0eGeneratedToken\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\">\n\x06\x46inish\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x12\n\nblocked_by\x18\x02 \x01(\t\x12\x10\n\x08trace_id\x18\x03 \x01(\t*v\n\x0bVerdictKind\x12\x1c\n\x18VERDICT_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15VERDICT_KIND_CONTINUE\x10\x01\x12\x16\n\x12VERDICT_KIND_BLOCK\x10\x02\x12\x16\n\x12VERDICT_KIND_STEER\x10\x03\x32\xef\x01\n\x07Monitor\x12J\n\x06Stream\x12\x1e.latentguard.v1.MonitorMessage\x1a\x1c.latentguard.v1.MonitorReply(\x01\x30\x01\x12J\n\x07Inspect\x12\x1e.latentguard.v1.InspectRequest\x1a\x1f.latentguard.v1.InspectResponse\x12L\n\x08Generate\x12\x1f.latentguard.v1.GenerateRequest\x1a\x1d.latentguard.v1.GenerateEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1clatentguard/v1/monitor.proto\x12\x0elatentguard.v1\x1a\x1blatentguard/v1/common.proto\x1a\x1alatentguard/v1/rules.proto\"k\n\x0eMonitorMessage\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.latentguard.v1.HelloH\x00\x12)\n\x04step\x18\x02 \x01(\x0b\x32\x19.latentguard.v1.StepBatchH\x00\x42\x06\n\x04kind\"J\n\x05Hello\x12\x0e\n\x06\x63lient\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x11\n\thook_name\x18\x03 \x01(\t\x12\x0f\n\x07\x64_model\x18\x04 \x01(\r\"\x94\x01\n\x0cRequestStart\x12\x13\n\x0brequest_tag\x18\x01 \x01(\t\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rprompt_tokens\x18\x04 \x01(\r\x12\x13\n\x0bprompt_text\x18\x05 \x01(\t\x12$\n\x05steer\x18\x06 \x01(\x0b\x32\x15.latentguard.v1.Steer\"h\n\x07RowSpan\x12\x13\n\x0brequest_tag\x18\x01 \x01(\t\x12\x11\n\trow_start\x18\x02 \x01(\r\x12\x11\n\tpositions\x18\x03 \x03(\r\x12\x11\n\ttoken_ids\x18\x04 \x03(\r\x12\x0f\n\x07prefill\x18\x05 \x01(\x08\"\x84\x01\n\nRequestEnd\x12\x13\n\x0brequest_tag\x18\x01 \x01(\t\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\r\x12\x17\n\x0f\x63ompletion_text\x18\x04 \x01(\t\x12\x16\n\x0emonitoring_gap\x18\x05 \x01(\x08\"\xc4\x01\n\tStepBatch\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12-\n\x07started\x18\x02 \x03(\x0b\x32\x1c.latentguard.v1.RequestStart\x12&\n\x05spans\x18\x03 \x03(\x0b\x32\x17.latentguard.v1.RowSpan\x12$\n\x04rows\x18\x04 \x01(\x0b\x32\x16.latentguard.v1.Tensor\x12,\n\x08\x66inished\x18\x05 \x03(\x0b\x32\x1a.latentguard.v1.RequestEnd\"\x8d\x01\n\x07Verdict\x12\x13\n\x0brequest_tag\x18\x01 \x01(\t\x12)\n\x04kind\x18\x02 \x01(\x0e\x32\x1b.latentguard.v1.VerdictKind\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12$\n\x05steer\x18\x05 \x01(\x0b\x32\x15.latentguard.v1.Steer\"\x9d\x01\n\x0cMonitorReply\x12&\n\x05ready\x18\x01 \x01(\x0b\x32\x15.latentguard.v1.ReadyH\x00\x12\x30\n\x08verdicts\x18\x02 \x01(\x0b\x32\x1c.latentguard.v1.StepVerdictsH\x00\x12+\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1a.latentguard.v1.BatchErrorH\x00\x42\x06\n\x04kind\"\xc0\x01\n\x05Ready\x12\x15\n\rsae_hook_name\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\r\x12\x0f\n\x07\x64_model\x18\x03 \x01(\r\x12\r\n\x05\x64_sae\x18\x04 \x01(\r\x12\x16\n\x0eserver_version\x18\x05 \x01(\t\x12(\n\x08policies\x18\x06 \x03(\x0b\x32\x16.latentguard.v1.Policy\x12\x16\n\x0e\x64\x65\x66\x61ult_policy\x18\x07 \x01(\t\x12\x17\n\x0fpolicy_revision\x18\x08 \x01(\x04\"\x8a\x01\n\x0cStepVerdicts\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12)\n\x08verdicts\x18\x02 \x03(\x0b\x32\x17.latentguard.v1.Verdict\x12(\n\x08policies\x18\x03 \x03(\x0b\x32\x16.latentguard.v1.Policy\x12\x17\n\x0fpolicy_revision\x18\x04 \x01(\x04\"H\n\nBatchError\x12\x0c\n\x04step\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"O\n\x0eInspectRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\r\x12\x0e\n\x06policy\x18\x04 \x01(\t\"0\n\rFeatureSeries\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\r\x12\x0e\n\x06values\x18\x02 \x03(\x02\"\xa6\x01\n\x0fInspectResponse\x12\x10\n\x08trace_id\x18\x01 \x01(\t\x12+\n\x06tokens\x18\x02 \x03(\x0b\x32\x1b.latentguard.v1.TokenRecord\x12%\n\x04hits\x18\x03 \x03(\x0b\x32\x17.latentguard.v1.RuleHit\x12-\n\x06series\x18\x04 \x03(\x0b\x32\x1d.latentguard.v1.FeatureSeries\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xd2\x01\n\x0fGenerateRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12(\n\x04\x63hat\x18\x02 \x01(\x0b\x32\x18.latentguard.v1.MessagesH\x00\x12\x12\n\nmax_tokens\x18\x03 \x01(\r\x12\x13\n\x0btemperature\x18\x04 \x01(\x02\x12\x0e\n\x06policy\x18\x05 \x01(\t\x12$\n\x05steer\x18\x06 \x01(\x0b\x32\x15.latentguard.v1.Steer\x12\r\n\x05top_k\x18\x07 \x01(\r\x12\x0c\n\x04seed\x18\x08 \x01(\x04\x42\x07\n\x05input\"9\n\x08Messages\x12-\n\x08messages\x18\x01 \x03(\x0b\x32\x1b.latentguard.v1.ChatMessage\"\xf7\x01\n\rGenerateEvent\x12/\n\x05token\x18\x01 \x01(\x0b\x32\x1e.latentguard.v1.GeneratedTokenH\x00\x12/\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x1b.latentguard.v1.TokenRecordH\x00\x12&\n\x03hit\x18\x03 \x01(\x0b\x32\x17.latentguard.v1.RuleHitH\x00\x12*\n\x07verdict\x18\x04 \x01(\x0b\x32\x17.latentguard.v1.VerdictH\x00\x12(\n\x06\x66inish\x18\x05 \x01(\x0b\x32\x16.latentguard.v1.FinishH\x00\x42\x06\n\x04kind\"-\n\x0eGeneratedToken\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\">\n\x06\x46inish\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x12\n\nblocked_by\x18\x02 \x01(\t\x12\x10\n\x08trace_id\x18\x03 \x01(\t*v\n\x0bVerdictKind\x12\x1c\n\x18VERDICT_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15VERDICT_KIND_CONTINUE\x10\x01\x12\x16\n\x12VERDICT_KIND_BLOCK\x10\x02\x12\x16\n\x12VERDICT_KIND_STEER\x10\x03\x32\xef\x01\n\x07Monitor\x12J\n\x06Stream\x12\x1e.latentguard.v1.MonitorMessage\x1a\x1c.latentguard.v1.MonitorReply(\x01\x30\x01\x12J\n\x07Inspect\x12\x1e.latentguard.v1.InspectRequest\x1a\x1f.latentguard.v1.InspectResponse\x12L\n\x08Generate\x12\x1f.latentguard.v1.GenerateRequest\x1a\x1d.latentguard.v1.GenerateEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'latentguard.v1.monitor_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VERDICTKIND']._serialized_start=2386
-  _globals['_VERDICTKIND']._serialized_end=2504
-  _globals['_MONITORMESSAGE']._serialized_start=77
-  _globals['_MONITORMESSAGE']._serialized_end=184
-  _globals['_HELLO']._serialized_start=186
-  _globals['_HELLO']._serialized_end=260
-  _globals['_REQUESTSTART']._serialized_start=263
-  _globals['_REQUESTSTART']._serialized_end=411
-  _globals['_ROWSPAN']._serialized_start=413
-  _globals['_ROWSPAN']._serialized_end=517
-  _globals['_REQUESTEND']._serialized_start=520
-  _globals['_REQUESTEND']._serialized_end=652
-  _globals['_STEPBATCH']._serialized_start=655
-  _globals['_STEPBATCH']._serialized_end=851
-  _globals['_VERDICT']._serialized_start=854
-  _globals['_VERDICT']._serialized_end=995
-  _globals['_MONITORREPLY']._serialized_start=998
-  _globals['_MONITORREPLY']._serialized_end=1155
-  _globals['_READY']._serialized_start=1157
-  _globals['_READY']._serialized_end=1258
-  _globals['_STEPVERDICTS']._serialized_start=1260
-  _globals['_STEPVERDICTS']._serialized_end=1331
-  _globals['_BATCHERROR']._serialized_start=1333
-  _globals['_BATCHERROR']._serialized_end=1405
-  _globals['_INSPECTREQUEST']._serialized_start=1407
-  _globals['_INSPECTREQUEST']._serialized_end=1486
-  _globals['_FEATURESERIES']._serialized_start=1488
-  _globals['_FEATURESERIES']._serialized_end=1536
-  _globals['_INSPECTRESPONSE']._serialized_start=1539
-  _globals['_INSPECTRESPONSE']._serialized_end=1705
-  _globals['_CHATMESSAGE']._serialized_start=1707
-  _globals['_CHATMESSAGE']._serialized_end=1751
-  _globals['_GENERATEREQUEST']._serialized_start=1754
-  _globals['_GENERATEREQUEST']._serialized_end=1964
-  _globals['_MESSAGES']._serialized_start=1966
-  _globals['_MESSAGES']._serialized_end=2023
-  _globals['_GENERATEEVENT']._serialized_start=2026
-  _globals['_GENERATEEVENT']._serialized_end=2273
-  _globals['_GENERATEDTOKEN']._serialized_start=2275
-  _globals['_GENERATEDTOKEN']._serialized_end=2320
-  _globals['_FINISH']._serialized_start=2322
-  _globals['_FINISH']._serialized_end=2384
-  _globals['_MONITOR']._serialized_start=2507
-  _globals['_MONITOR']._serialized_end=2746
+  _globals['_VERDICTKIND']._serialized_start=2574
+  _globals['_VERDICTKIND']._serialized_end=2692
+  _globals['_MONITORMESSAGE']._serialized_start=105
+  _globals['_MONITORMESSAGE']._serialized_end=212
+  _globals['_HELLO']._serialized_start=214
+  _globals['_HELLO']._serialized_end=288
+  _globals['_REQUESTSTART']._serialized_start=291
+  _globals['_REQUESTSTART']._serialized_end=439
+  _globals['_ROWSPAN']._serialized_start=441
+  _globals['_ROWSPAN']._serialized_end=545
+  _globals['_REQUESTEND']._serialized_start=548
+  _globals['_REQUESTEND']._serialized_end=680
+  _globals['_STEPBATCH']._serialized_start=683
+  _globals['_STEPBATCH']._serialized_end=879
+  _globals['_VERDICT']._serialized_start=882
+  _globals['_VERDICT']._serialized_end=1023
+  _globals['_MONITORREPLY']._serialized_start=1026
+  _globals['_MONITORREPLY']._serialized_end=1183
+  _globals['_READY']._serialized_start=1186
+  _globals['_READY']._serialized_end=1378
+  _globals['_STEPVERDICTS']._serialized_start=1381
+  _globals['_STEPVERDICTS']._serialized_end=1519
+  _globals['_BATCHERROR']._serialized_start=1521
+  _globals['_BATCHERROR']._serialized_end=1593
+  _globals['_INSPECTREQUEST']._serialized_start=1595
+  _globals['_INSPECTREQUEST']._serialized_end=1674
+  _globals['_FEATURESERIES']._serialized_start=1676
+  _globals['_FEATURESERIES']._serialized_end=1724
+  _globals['_INSPECTRESPONSE']._serialized_start=1727
+  _globals['_INSPECTRESPONSE']._serialized_end=1893
+  _globals['_CHATMESSAGE']._serialized_start=1895
+  _globals['_CHATMESSAGE']._serialized_end=1939
+  _globals['_GENERATEREQUEST']._serialized_start=1942
+  _globals['_GENERATEREQUEST']._serialized_end=2152
+  _globals['_MESSAGES']._serialized_start=2154
+  _globals['_MESSAGES']._serialized_end=2211
+  _globals['_GENERATEEVENT']._serialized_start=2214
+  _globals['_GENERATEEVENT']._serialized_end=2461
+  _globals['_GENERATEDTOKEN']._serialized_start=2463
+  _globals['_GENERATEDTOKEN']._serialized_end=2508
+  _globals['_FINISH']._serialized_start=2510
+  _globals['_FINISH']._serialized_end=2572
+  _globals['_MONITOR']._serialized_start=2695
+  _globals['_MONITOR']._serialized_end=2934
 # @@protoc_insertion_point(module_scope)

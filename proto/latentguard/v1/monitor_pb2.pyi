@@ -1,4 +1,5 @@
 from latentguard.v1 import common_pb2 as _common_pb2
+from latentguard.v1 import rules_pb2 as _rules_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -122,26 +123,36 @@ class MonitorReply(_message.Message):
     def __init__(self, ready: _Optional[_Union[Ready, _Mapping]] = ..., verdicts: _Optional[_Union[StepVerdicts, _Mapping]] = ..., error: _Optional[_Union[BatchError, _Mapping]] = ...) -> None: ...
 
 class Ready(_message.Message):
-    __slots__ = ("sae_hook_name", "layer", "d_model", "d_sae", "server_version")
+    __slots__ = ("sae_hook_name", "layer", "d_model", "d_sae", "server_version", "policies", "default_policy", "policy_revision")
     SAE_HOOK_NAME_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
     D_MODEL_FIELD_NUMBER: _ClassVar[int]
     D_SAE_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    POLICIES_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_POLICY_FIELD_NUMBER: _ClassVar[int]
+    POLICY_REVISION_FIELD_NUMBER: _ClassVar[int]
     sae_hook_name: str
     layer: int
     d_model: int
     d_sae: int
     server_version: str
-    def __init__(self, sae_hook_name: _Optional[str] = ..., layer: _Optional[int] = ..., d_model: _Optional[int] = ..., d_sae: _Optional[int] = ..., server_version: _Optional[str] = ...) -> None: ...
+    policies: _containers.RepeatedCompositeFieldContainer[_rules_pb2.Policy]
+    default_policy: str
+    policy_revision: int
+    def __init__(self, sae_hook_name: _Optional[str] = ..., layer: _Optional[int] = ..., d_model: _Optional[int] = ..., d_sae: _Optional[int] = ..., server_version: _Optional[str] = ..., policies: _Optional[_Iterable[_Union[_rules_pb2.Policy, _Mapping]]] = ..., default_policy: _Optional[str] = ..., policy_revision: _Optional[int] = ...) -> None: ...
 
 class StepVerdicts(_message.Message):
-    __slots__ = ("step", "verdicts")
+    __slots__ = ("step", "verdicts", "policies", "policy_revision")
     STEP_FIELD_NUMBER: _ClassVar[int]
     VERDICTS_FIELD_NUMBER: _ClassVar[int]
+    POLICIES_FIELD_NUMBER: _ClassVar[int]
+    POLICY_REVISION_FIELD_NUMBER: _ClassVar[int]
     step: int
     verdicts: _containers.RepeatedCompositeFieldContainer[Verdict]
-    def __init__(self, step: _Optional[int] = ..., verdicts: _Optional[_Iterable[_Union[Verdict, _Mapping]]] = ...) -> None: ...
+    policies: _containers.RepeatedCompositeFieldContainer[_rules_pb2.Policy]
+    policy_revision: int
+    def __init__(self, step: _Optional[int] = ..., verdicts: _Optional[_Iterable[_Union[Verdict, _Mapping]]] = ..., policies: _Optional[_Iterable[_Union[_rules_pb2.Policy, _Mapping]]] = ..., policy_revision: _Optional[int] = ...) -> None: ...
 
 class BatchError(_message.Message):
     __slots__ = ("step", "code", "field", "message")

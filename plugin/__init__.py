@@ -1,0 +1,34 @@
+"""The latentguard vLLM plugin: capture the residual stream, ask the sidecar, apply verdicts.
+
+vLLM loads `register` from the `vllm.general_plugins` entry point in each of its processes.
+It installs nothing but a one-shot global forward pre-hook: the first module forward in the
+worker finds the model runner, attaches the capture hooks to the model and removes itself.
+Blocking also needs the logits processor: start vLLM with
+`--logits-processors latentguard.plugin.logits:LatentguardLogitsProcessor` (the
+`latentguard vllm` launcher adds it, and `--enforce-eager`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+__all__ = ["register"]
+
+log = logging.getLogger(__name__)
+
+#: Set to 1 to load the plugin without doing anything.
+LATENTGUARD_DISABLE = "LATENTGUARD_DISABLE"
+
+_registered = False
+
+
+def register() -> None:
+    """vLLM's general-plugin entry point: safe to call more than once, in any process."""
+    global _registered
+    if _registered or os.environ.get(LATENTGUARD_DISABLE, "") not in ("", "0"):
+        return
+    _registered = True
+    from latentguard.plugin._attach import arm
+
+    arm()

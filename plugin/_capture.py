@@ -1,0 +1,333 @@
+"""Per-step capture inside the vLLM worker: rows -> sidecar -> verdicts -> block / steer.
+
+A forward pre-hook on the model keeps the step's token ids and positions; a forward hook after
+decoder layer L takes the residual stream (vLLM layers return (hidden, residual); the stream is
+their sum), maps every row of the flattened batch to its request with the runner's
+query_start_loc, sends one StepBatch, and applies verdicts: blocked requests are forced to EOS
+by the logits processor, steered requests get their rows edited in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from latentguard.monitors.rules import Steer
+from latentguard.plugin._client import SidecarClient
+from latentguard.plugin._settings import PluginSettings
+from latentguard.v1 import common_pb2, monitor_pb2, rules_pb2
+
+log = logging.getLogger(__name__)
+
+TAG_ARG = "latentguard_tag"
+POLICY_ARG = "latentguard_policy"
+STEER_ARG = "latentguard_steer"
+UNAVAILABLE = "sidecar-unavailable"
+#: An engine idle this long has no running request: every tracked request has ended.
+IDLE_END_S = 0.3
+
+_MODES = {1: "add", 2: "clamp", 3: "ablate"}
+
+
+@dataclass
+class Tracked:
+    rid: str
+    tag: str
+    policy: str
+    state: Any  # vLLM's CachedRequestState (its output_token_ids grows as tokens are sampled)
+    generation: int = -1  # client generation the request was announced on
+    blocked_by: str = ""
+    steer: Steer | None = None
+    steer_left: int | None = None
+    gap: bool = False
+
+
+def _steer_model(msg: common_pb2.Steer) -> Steer:
+    return Steer(mode=_MODES.get(msg.mode, "add"), tokens=msg.tokens,
+                 preserve_norm=msg.preserve_norm,
+                 features=[{"feature": f.feature, "value": f.value} for f in msg.features])
+
+
+def _steer_proto(spec: dict[str, Any]) -> common_pb2.Steer:
+    s = Steer.model_validate(spec)
+    return common_pb2.Steer(
+        mode={v: k for k, v in _MODES.items()}[s.mode], tokens=s.tokens,
+        preserve_norm=s.preserve_norm,
+        features=[common_pb2.SteerFeature(feature=f.feature, value=f.value) for f in s.features])
+
+
+def find_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    for name, module in model.named_modules():
+        if name.endswith("layers") and isinstance(module, torch.nn.ModuleList):
+            return module
+    raise RuntimeError(f"latentguard: no decoder layer list found in {type(model).__name__}")
+
+
+class Capture:
+    instance: ClassVar[Capture | None] = None
+
+    def __init__(self, runner: Any, settings: PluginSettings, sae: Any, layer: int) -> None:
+        self.runner = runner
+        self.settings = settings
+        self.sae = sae
+        self.layer = layer
+        self.tracked: dict[str, Tracked] = {}
+        self.step = 0
+        self._ids: torch.Tensor | None = None
+        self._positions: torch.Tensor | None = None
+        self._lock = threading.Lock()
+        self._last_step = time.monotonic()
+        model_config = runner.vllm_config.model_config
+        hello = monitor_pb2.Hello(client="vllm-worker", model=str(model_config.model),
+                                  hook_name=sae.hook_name if sae is not None else "",
+                                  d_model=int(model_config.get_hidden_size()))
+        self.client = SidecarClient(settings, hello)
+
+    # ---- attaching ----------------------------------------------------------------------
+
+    @classmethod
+    def attach(cls, runner: Any) -> Capture:
+        if cls.instance is not None:
+            return cls.instance
+        cfg = runner.vllm_config
+        if not cfg.model_config.enforce_eager:
+            raise RuntimeError(
+                "latentguard: Python hooks do not run under vLLM's compiled mode; start vLLM "
+                "with --enforce-eager (the `latentguard vllm` launcher does), or set "
+                "LATENTGUARD_DISABLE=1 to run without monitoring")
+        settings = PluginSettings.from_env()
+        sae = None
+        if settings.sae_path:
+            from latentguard.monitors.sae import load_sae
+
+            sae = load_sae(settings.sae_path)
+        layer = settings.layer if settings.layer is not None else (sae.layer if sae else None)
+        capture = cls(runner, settings, sae, layer if layer is not None else -1)
+        capture.client.start(wait_s=settings.connect_timeout_s)
+        if layer is None:
+            ready = capture.client.ready
+            if ready is None:
+                raise RuntimeError("latentguard: set LATENTGUARD_SAE_PATH or LATENTGUARD_LAYER "
+                                   "(the sidecar was not reachable to say which layer to read)")
+            capture.layer = ready.layer
+        layers = find_layers(runner.model)
+        if not 0 <= capture.layer < len(layers):
+            raise RuntimeError(f"latentguard: layer {capture.layer} out of range: the model "
+                               f"has {len(layers)} decoder layers")
+        runner.model.register_forward_pre_hook(capture._before_model, with_kwargs=True)
+        layers[capture.layer].register_forward_hook(capture._after_layer)
+        cls.instance = capture
+        threading.Thread(target=capture._end_idle, name="latentguard-idle", daemon=True).start()
+        log.info("latentguard: capturing the residual stream after layer %d of %s",
+                 capture.layer, type(runner.model).__name__)
+        return capture
+
+    # ---- hooks --------------------------------------------------------------------------
+
+    def _before_model(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self._ids = kwargs.get("input_ids", args[0] if args else None)
+        self._positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
+
+    def _after_layer(self, module: Any, args: Any, output: Any) -> None:
+        batch = self.runner.input_batch
+        n_reqs = batch.num_reqs
+        if n_reqs == 0:
+            return  # a dummy run during start-up
+        if self._positions is None:  # the forward during which the hooks were attached
+            self._positions = self.runner.positions
+            self._ids = self.runner.input_ids.gpu
+        try:
+            with self._lock:
+                self._last_step = time.monotonic()
+                self._step(output, list(batch.req_ids[:n_reqs]), n_reqs)
+        except Exception:
+            # vLLM never crashes because of the monitor: log, and requests continue.
+            log.exception("latentguard: capture failed at step %d", self.step)
+
+    def _end_idle(self) -> None:
+        """Reports the end of requests once the engine goes idle.
+
+        The worker hears that a request finished only at the next step; when there is none,
+        the requests it still tracks have all ended (an idle engine runs nothing).
+        """
+        while True:
+            time.sleep(IDLE_END_S / 2)
+            with self._lock:
+                if not self.tracked or time.monotonic() - self._last_step < IDLE_END_S:
+                    continue
+                ended = [self._end(t) for t in self.tracked.values()
+                         if t.generation == self.client.generation]
+                self.tracked.clear()
+                if ended:
+                    self.step += 1
+                    self.client.send(monitor_pb2.StepBatch(step=self.step, finished=ended),
+                                     wait_s=None)
+
+    # ---- one step -----------------------------------------------------------------------
+
+    def _track(self, req_ids: list[str]) -> tuple[list[monitor_pb2.RequestStart],
+                                                  list[monitor_pb2.RequestEnd]]:
+        requests = self.runner.requests
+        ended = []
+        for rid in [r for r in self.tracked if r not in requests]:
+            t = self.tracked.pop(rid)
+            if t.generation == self.client.generation:
+                ended.append(self._end(t))
+        started = []
+        for rid in req_ids:
+            t = self.tracked.get(rid)
+            if t is None:
+                state = requests[rid]
+                extra = (state.sampling_params.extra_args or {}) if state.sampling_params else {}
+                t = Tracked(rid=rid, tag=str(extra.get(TAG_ARG) or rid),
+                            policy=str(extra.get(POLICY_ARG) or ""), state=state)
+                self.tracked[rid] = t
+                if extra.get(STEER_ARG):
+                    try:
+                        t.steer = Steer.model_validate(extra[STEER_ARG])
+                    except Exception as exc:
+                        log.error("latentguard: request %s: bad %s: %s", rid, STEER_ARG, exc)
+            if t.generation != self.client.generation and self.client.connected.is_set():
+                t.generation = self.client.generation
+                start = monitor_pb2.RequestStart(
+                    request_tag=t.tag, policy=t.policy, model=self.client.hello.model,
+                    prompt_tokens=int(t.state.num_prompt_tokens))
+                if t.steer is not None:
+                    start.steer.CopyFrom(_steer_proto(t.steer.model_dump()))
+                started.append(start)
+        return started, ended
+
+    def _end(self, t: Tracked) -> monitor_pb2.RequestEnd:
+        out = t.state.output_token_ids
+        params = t.state.sampling_params
+        eos = self.eos_ids
+        if t.blocked_by:
+            reason = "blocked"
+        elif out and out[-1] in eos:
+            reason = "stop"
+        elif params is not None and params.max_tokens is not None and \
+                len(out) >= params.max_tokens:
+            reason = "length"
+        else:
+            reason = "stop"
+        return monitor_pb2.RequestEnd(request_tag=t.tag, finish_reason=reason,
+                                      completion_tokens=len(out), monitoring_gap=t.gap)
+
+    @property
+    def eos_ids(self) -> set[int]:
+        eos = self.runner.vllm_config.model_config.hf_text_config.eos_token_id
+        return set(eos) if isinstance(eos, list) else ({eos} if eos is not None else set())
+
+    def policy(self, t: Tracked) -> rules_pb2.Policy | None:
+        policies = self.client.policies
+        return policies.get(t.policy) or policies.get(self.client.default_policy)
+
+    def _step(self, output: Any, req_ids: list[str], n_reqs: int) -> None:
+        self.step += 1
+        for verdicts in self.client.drain():
+            self._apply(verdicts)
+        started, ended = self._track(req_ids)
+        hidden, residual = (output[0], output[1]) if isinstance(output, tuple) else (output, None)
+        qsl = self.runner.query_start_loc.cpu[: n_reqs + 1].tolist()
+        total = qsl[-1]
+        stream = hidden[:total] if residual is None else hidden[:total] + residual[:total]
+        positions = self._positions[:total].tolist()
+        ids = self._ids[:total].tolist() if self._ids is not None else [0] * total
+
+        spans, sync, wait_ms = [], [], 0
+        send_rows = []
+        for i, rid in enumerate(req_ids):
+            t = self.tracked[rid]
+            policy = self.policy(t)
+            if policy is not None and policy.HasField("monitoring") and not policy.monitoring:
+                continue
+            lo, hi = qsl[i], qsl[i + 1]
+            if hi <= lo:
+                continue
+            n_prompt = int(t.state.num_prompt_tokens)
+            row0 = sum(len(s.positions) for s in spans)
+            # Split at the prompt boundary so each span is all prompt or all generated rows.
+            cut = lo + max(0, min(hi - lo, n_prompt - positions[lo]))
+            for a, b, prefill in ((lo, cut, True), (cut, hi, False)):
+                if b > a:
+                    spans.append(monitor_pb2.RowSpan(
+                        request_tag=t.tag, row_start=row0, positions=positions[a:b],
+                        token_ids=ids[a:b], prefill=prefill))
+                    row0 += b - a
+            send_rows.append(stream[lo:hi])
+            if policy is not None and policy.mode == rules_pb2.MONITOR_MODE_SYNC \
+                    and not t.blocked_by:
+                sync.append(t)
+                wait_ms = max(wait_ms, policy.timeout_ms or self.settings.timeout_ms)
+
+        reply = None
+        if spans or started or ended:
+            rows = torch.cat(send_rows).float() if send_rows else stream[:0].float()
+            batch = monitor_pb2.StepBatch(
+                step=self.step, started=started, spans=spans, finished=ended,
+                rows=common_pb2.Tensor(dtype=common_pb2.DTYPE_FLOAT32, shape=list(rows.shape),
+                                       data=rows.contiguous().numpy().tobytes()))
+            t0 = time.perf_counter()
+            reply = self.client.send(batch, wait_s=wait_ms / 1000 if sync else None)
+            if sync and reply is None:
+                log.warning("latentguard: no verdict for step %d within %d ms (%.0f ms)",
+                            self.step, wait_ms, (time.perf_counter() - t0) * 1000)
+        if reply is not None:
+            self._apply(reply)
+        elif sync or not self.client.connected.is_set():
+            self._fail([self.tracked[r] for r in req_ids] if not sync else sync)
+        self._steer(hidden, stream, qsl, req_ids)
+
+    def _fail(self, requests: list[Tracked]) -> None:
+        for t in requests:
+            policy = self.policy(t)
+            closed = policy.on_failure == rules_pb2.FAILURE_MODE_CLOSED if policy is not None \
+                else self.settings.on_failure == "closed"
+            if closed and not t.blocked_by:
+                t.blocked_by = UNAVAILABLE
+                log.warning("latentguard: blocking %s (sidecar unavailable, fail-closed)", t.tag)
+            t.gap = True
+
+    def _apply(self, verdicts: monitor_pb2.StepVerdicts) -> None:
+        by_tag = {t.tag: t for t in self.tracked.values()}
+        for v in verdicts.verdicts:
+            t = by_tag.get(v.request_tag)
+            if t is None:
+                continue
+            if v.kind == monitor_pb2.VERDICT_KIND_BLOCK and not t.blocked_by:
+                t.blocked_by = v.rule or "blocked"
+                log.info("latentguard: blocking %s: %s", t.tag, v.reason)
+            elif v.kind == monitor_pb2.VERDICT_KIND_STEER:
+                t.steer = _steer_model(v.steer)
+                t.steer_left = v.steer.tokens or None
+
+    def _steer(self, hidden: torch.Tensor, stream: torch.Tensor, qsl: list[int],
+               req_ids: list[str]) -> None:
+        for i, rid in enumerate(req_ids):
+            t = self.tracked.get(rid)
+            if t is None or t.steer is None:
+                continue
+            if self.sae is None:
+                log.warning("latentguard: cannot steer %s: set LATENTGUARD_SAE_PATH", t.tag)
+                t.steer = None
+                continue
+            lo, hi = qsl[i], qsl[i + 1]
+            from latentguard.monitors.steering import steer_delta
+
+            delta = steer_delta(stream[lo:hi].float(), self.sae, t.steer)
+            hidden[lo:hi] += delta.to(hidden.dtype)
+            if t.steer_left is not None:
+                t.steer_left -= hi - lo
+                if t.steer_left <= 0:
+                    t.steer = None
+
+    # ---- for the logits processor -------------------------------------------------------
+
+    def rows_to_block(self) -> list[int]:
+        index = self.runner.input_batch.req_id_to_index
+        return [index[rid] for rid, t in self.tracked.items() if t.blocked_by and rid in index]
