@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 serve: $(STAMP)
-	$(BIN)/latentguard serve
+	$(BIN)/latentguard vllm
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -9,6 +9,7 @@ by the logits processor, steered requests get their rows edited in place.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -189,7 +190,9 @@ class Capture:
                 self.tracked[rid] = t
                 if extra.get(STEER_ARG):
                     try:
-                        t.steer = Steer.model_validate(extra[STEER_ARG])
+                        raw = extra[STEER_ARG]  # vllm_xargs carry flat values: JSON text
+                        t.steer = Steer.model_validate(json.loads(raw) if isinstance(raw, str)
+                                                       else raw)
                     except Exception as exc:
                         log.error("latentguard: request %s: bad %s: %s", rid, STEER_ARG, exc)
             if t.generation != self.client.generation and self.client.connected.is_set():

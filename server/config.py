@@ -46,6 +46,10 @@ LATENTGUARD_SAE_PATH = "LATENTGUARD_SAE_PATH"
 LATENTGUARD_RULES_FILE = "LATENTGUARD_RULES_FILE"
 #: Policy of requests that name none.
 LATENTGUARD_DEFAULT_POLICY = "LATENTGUARD_DEFAULT_POLICY"
+#: Base URL of the vLLM OpenAI-compatible server that Generate and Inspect call.
+LATENTGUARD_VLLM_URL = "LATENTGUARD_VLLM_URL"
+#: Model name for that server (its served model name) and for traces.
+LATENTGUARD_MODEL_NAME = "LATENTGUARD_MODEL_NAME"
 #: TLS for TCP listeners: certificate, key, and a client CA that turns on mTLS.
 LATENTGUARD_TLS__CERT_FILE = "LATENTGUARD_TLS__CERT_FILE"
 LATENTGUARD_TLS__KEY_FILE = "LATENTGUARD_TLS__KEY_FILE"
@@ -137,6 +141,7 @@ class Settings(BaseSettings):
     rules_file: Path | None = None
     default_policy: str = "default"
     model_name: str = ""
+    vllm_url: str = Field(default="", pattern=r"^(https?://.+)?$")
     tls: TLSSettings = TLSSettings()
     auth: AuthSettings = AuthSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

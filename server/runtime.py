@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,15 @@ CATALOG_FILES = ("features.json", "features.yaml", "features.yml")
 PROBES_DIR = "probes"
 
 
+class Watcher(asyncio.Queue[tuple[Any, ...]]):
+    """Events of one request as the sidecar sees them: ("tokens", records, series),
+    ("hit", HitRecord), ("verdict", Verdict), ("end", TraceRecord | None)."""
+
+    def __init__(self, features: list[int]) -> None:
+        super().__init__()
+        self.features = features
+
+
 class MonitorRuntime:
     def __init__(self, settings: Settings, store: Store, telemetry: Telemetry) -> None:
         self.settings = settings
@@ -39,6 +49,9 @@ class MonitorRuntime:
         self.revision = -1
         self._lock = asyncio.Lock()
         self.writer = TraceWriter(store, settings.data_dir)
+        self.watchers: dict[str, Watcher] = {}
+        """Requests someone waits on (Generate, Inspect), by request tag."""
+        self._decoders: dict[str, Callable[[int], str] | None] = {}
 
     @classmethod
     async def create(cls, settings: Settings, store: Store, telemetry: Telemetry
@@ -114,6 +127,30 @@ class MonitorRuntime:
             self.revision = revision
             log.info("rules at revision %d: %d rules, %d policies", revision, len(rules),
                      len(policies))
+
+    def token_decoder(self, model: str) -> Callable[[int], str] | None:
+        """Token id -> text with the model's own tokenizer.json, when the model is a folder."""
+        if model not in self._decoders:
+            path = Path(model) / "tokenizer.json"
+            decoder = None
+            if path.is_file():
+                try:
+                    from tokenizers import Tokenizer
+
+                    tok = Tokenizer.from_file(str(path))
+                    decoder = lambda i: tok.decode([i], skip_special_tokens=False)  # noqa: E731
+                except Exception as exc:
+                    log.warning("no token text for %s: %s", model, exc)
+            self._decoders[model] = decoder
+        return self._decoders[model]
+
+    def watch(self, tag: str, features: list[int] | None = None) -> Watcher:
+        watcher = Watcher(features=list(features or []))
+        self.watchers[tag] = watcher
+        return watcher
+
+    def unwatch(self, tag: str) -> None:
+        self.watchers.pop(tag, None)
 
     def policy_protos(self) -> list[Any]:
         """Every policy as wire messages, with the built-in default when none has its name."""

@@ -152,7 +152,7 @@ class StreamSession:
         for s, steer in starts:
             self._open(s, steer)
         engine = self.runtime.engine
-        hits = await asyncio.to_thread(self._evaluate, step, rows, engine)
+        hits, tokens, series = await asyncio.to_thread(self._evaluate, step, rows, engine)
         verdicts = []
         for tag in {s.request_tag for s in step.spans} | {s.request_tag for s in step.started}:
             state = self.requests.get(tag)
@@ -163,6 +163,7 @@ class StreamSession:
             self.writer.publish(AlertRecord(
                 trace_id=state.trace.id, request_tag=state.trace.request_tag,
                 model=state.trace.model, policy=state.policy.name, hit=hit))
+        self._notify(tokens, series, hits, verdicts)
         for end in step.finished:
             self._close(end)
         self.runtime.telemetry.tokens_monitored.add(int(rows.shape[0]))
@@ -193,27 +194,60 @@ class StreamSession:
                 reason="steering requested by the request", steer=convert.steer_proto(steer)))
         self.requests[s.request_tag] = state
 
-    def _evaluate(self, step: monitor_pb2.StepBatch, rows: torch.Tensor,
-                  engine: Any) -> list[tuple[RequestState, HitRecord]]:
+    def _notify(self, tokens: dict[str, list[TokenRecord]],
+                series: dict[str, dict[int, list[float]]],
+                hits: list[tuple[RequestState, HitRecord]],
+                verdicts: list[monitor_pb2.Verdict]) -> None:
+        """Passes what this step found to watchers of its requests (Generate, Inspect)."""
+        watchers = self.runtime.watchers
+        if not watchers:
+            return
+        for tag, records in tokens.items():
+            if tag in watchers:
+                watchers[tag].put_nowait(("tokens", records, series.get(tag, {})))
+        for state, hit in hits:
+            if state.trace.request_tag in watchers:
+                watchers[state.trace.request_tag].put_nowait(("hit", hit))
+        for v in verdicts:
+            if v.request_tag in watchers:
+                watchers[v.request_tag].put_nowait(("verdict", v))
+
+    def _evaluate(
+        self, step: monitor_pb2.StepBatch, rows: torch.Tensor, engine: Any
+    ) -> tuple[list[tuple[RequestState, HitRecord]], dict[str, list[TokenRecord]],
+               dict[str, dict[int, list[float]]]]:
         """CPU part of a step (runs in a worker thread): encode, record tokens, run rules."""
         if rows.shape[0] == 0:
-            return []
+            return [], {}, {}
         sae, probes = self.runtime.sae, self.runtime.probes
         idx = engine.signal_features if engine is not None else torch.empty(0, dtype=torch.long)
         enc = sae.encode_for_monitor(rows, idx, self.runtime.settings.top_k)
         probe_values = probes.score(rows) if probes is not None and engine is not None else None
         top_vals, top_idx = enc.topk_values.tolist(), enc.topk_indices.tolist()
         out: list[tuple[RequestState, HitRecord]] = []
+        new_tokens: dict[str, list[TokenRecord]] = {}
+        series: dict[str, dict[int, list[float]]] = {}
         for span in step.spans:
             state = self.requests[span.request_tag]
             if not state.policy.monitoring:
                 continue
             lo, n = span.row_start, len(span.positions)
-            for r, (pos, tok) in enumerate(zip(span.positions, span.token_ids, strict=True)):
-                state.trace.tokens.append(TokenRecord(
+            text = self.runtime.token_decoder(state.trace.model)
+            records = [
+                TokenRecord(
                     position=pos, token_id=tok, prompt=span.prefill,
+                    text=text(tok) if text is not None else "",
                     top_features=[FeatureValue(feature=f, value=v) for f, v in
-                                  zip(top_idx[lo + r], top_vals[lo + r], strict=True) if v > 0]))
+                                  zip(top_idx[lo + r], top_vals[lo + r], strict=True) if v > 0])
+                for r, (pos, tok) in enumerate(zip(span.positions, span.token_ids, strict=True))]
+            state.trace.tokens.extend(records)
+            new_tokens.setdefault(span.request_tag, []).extend(records)
+            watcher = self.runtime.watchers.get(span.request_tag)
+            if watcher is not None and watcher.features:
+                values = sae.encode(rows[lo:lo + n])[:, watcher.features].T.tolist()
+                per = series.setdefault(span.request_tag, {})
+                for f, vals in zip(watcher.features, values, strict=True):
+                    per.setdefault(f, []).extend(vals)
             if span.prefill:
                 state.trace.prompt_tokens = max(state.trace.prompt_tokens,
                                                 max(span.positions) + 1)
@@ -228,7 +262,7 @@ class StreamSession:
                 state.trace.hits.append(record)
                 out.append((state, record))
                 self._verdict_for(state, hit)
-        return out
+        return out, new_tokens, series
 
     def _verdict_for(self, state: RequestState, hit: Any) -> None:
         tag = state.trace.request_tag
@@ -260,10 +294,13 @@ class StreamSession:
         self.runtime.telemetry.end_generation(
             state.span, input_tokens=trace.prompt_tokens, output_tokens=trace.completion_tokens,
             finish_reason=trace.finish_reason, blocked_by=trace.blocked_by, trace_id=trace.id)
-        if not state.policy.monitoring:
-            return
-        if trace.hits or self.runtime.settings.trace_store == "all":
+        stored = state.policy.monitoring and (
+            bool(trace.hits) or self.runtime.settings.trace_store == "all")
+        if stored:
             self.writer.save(trace)
+        watcher = self.runtime.watchers.get(trace.request_tag)
+        if watcher is not None:
+            watcher.put_nowait(("end", trace if stored else None))
 
     async def close(self) -> None:
         """The stream ended: requests still open are recorded with a monitoring gap."""

@@ -1,5 +1,1 @@
-"""The `latentguard` command."""
-
-from latentguard.server.cli.main import main
-
-__all__ = ["main"]
+"""The `latentguard` command (entry point: `latentguard.server.cli.main:main`)."""

@@ -323,6 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rules", help="YAML rule pack to add at start")
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser(
+        "vllm", help="run vLLM with the latentguard plugin, and the sidecar",
+        description="latentguard vllm [MODEL] [vLLM serve args...]: without a model, the tiny "
+        "demo model. Settings come from LATENTGUARD_* variables.")
+    p.add_argument("vllm_args", nargs=argparse.REMAINDER)
+
     p = sub.add_parser("health", help="exit 0 when the sidecar is serving")
     _add_connection(p)
     p.add_argument("--service", default="", help="service name ('' = the whole server)")
@@ -397,6 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["vllm"] and not {"-h", "--help"} & set(argv[1:2]):
+        # Everything after `vllm` belongs to vLLM, options included.
+        from latentguard.server.launcher import run
+
+        return run(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

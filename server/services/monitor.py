@@ -6,19 +6,38 @@ UNAVAILABLE with the reason.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
+from pydantic import ValidationError
 
 from latentguard import __version__
-from latentguard.server.errors import ServerError, Unavailable, grpc_errors, status_for
-from latentguard.server.runtime import MonitorRuntime
+from latentguard.monitors.rules import Steer
+from latentguard.server import convert
+from latentguard.server.errors import (
+    InvalidArgument,
+    ServerError,
+    Unavailable,
+    grpc_errors,
+    status_for,
+)
+from latentguard.server.openai_client import OpenAIClient
+from latentguard.server.records import TokenRecord
+from latentguard.server.runtime import MonitorRuntime, Watcher
 from latentguard.server.session import StreamSession
-from latentguard.v1 import monitor_pb2, monitor_pb2_grpc
+from latentguard.v1 import common_pb2, monitor_pb2, monitor_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+MAX_TEXT = 100_000
+MAX_TOKENS = 4096
+#: How long Generate/Inspect wait, after vLLM is done, for the plugin to report the end.
+END_WAIT_S = 10.0
 
 NO_MODEL = ("no model is attached to this sidecar: start it with `latentguard vllm` "
             "(vLLM with the latentguard plugin) to use Inspect and Generate")
@@ -27,6 +46,7 @@ NO_MODEL = ("no model is attached to this sidecar: start it with `latentguard vl
 class MonitorService(monitor_pb2_grpc.MonitorServicer):
     def __init__(self, runtime: MonitorRuntime) -> None:
         self._runtime = runtime
+        self._openai: OpenAIClient | None = None
 
     def _ready(self, hello: monitor_pb2.Hello) -> monitor_pb2.MonitorReply:
         sae = self._runtime.sae
@@ -86,17 +106,168 @@ class MonitorService(monitor_pb2_grpc.MonitorServicer):
         finally:
             await session.close()
 
+    def _client(self) -> OpenAIClient:
+        settings = self._runtime.settings
+        if not settings.vllm_url:
+            raise Unavailable(NO_MODEL)
+        if self._openai is None:
+            self._openai = OpenAIClient(settings.vllm_url, settings.model_name)
+        return self._openai
+
+    def _steer_arg(self, msg: common_pb2.Steer) -> str:
+        try:
+            steer = Steer.model_validate(convert.steer_dict(msg))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = "steer." + ".".join(str(p) for p in err["loc"])
+            raise InvalidArgument(f"{field}: {err['msg']}", field=field) from None
+        d_sae = self._runtime.sae.d_sae if self._runtime.sae is not None else None
+        for i, f in enumerate(steer.features):
+            if d_sae is not None and f.feature >= d_sae:
+                raise InvalidArgument(f"steer.features[{i}].feature: {f.feature} out of range "
+                                      f"(d_sae {d_sae})", field=f"steer.features[{i}].feature")
+        return steer.model_dump_json()
+
+    async def _pump(self, watcher: Watcher, **kwargs: Any) -> None:
+        """Feeds vLLM's streamed chunks into the watcher, then ("http_done", error)."""
+        error: Exception | None = None
+        try:
+            async for chunk in self._client().stream(**kwargs):
+                for choice in chunk.get("choices", []):
+                    text = choice.get("text")
+                    if text is None:
+                        text = (choice.get("delta") or {}).get("content") or ""
+                    watcher.put_nowait(("chunk", text, choice.get("finish_reason") or ""))
+        except Exception as exc:
+            error = exc
+        watcher.put_nowait(("http_done", error))
+
+    async def _events(self, tag: str, watcher: Watcher, **kwargs: Any
+                      ) -> AsyncIterator[tuple[Any, ...]]:
+        """Everything that happens to one request, until its trace is written."""
+        pump = asyncio.create_task(self._pump(watcher, **kwargs))
+        http_done = ended = False
+        try:
+            while not (http_done and ended):
+                try:
+                    event = await asyncio.wait_for(
+                        watcher.get(), END_WAIT_S if http_done else None)
+                except TimeoutError:
+                    log.warning("request %s: the sidecar saw no end of it within %s s", tag,
+                                END_WAIT_S)
+                    return
+                if event[0] == "http_done":
+                    http_done = True
+                    if event[1] is not None:
+                        raise event[1]
+                elif event[0] == "end":
+                    ended = True
+                yield event
+        finally:
+            pump.cancel()
+            self._runtime.unwatch(tag)
+
     @grpc_errors
     async def Inspect(self, request: monitor_pb2.InspectRequest,
                       context: grpc.aio.ServicerContext) -> monitor_pb2.InspectResponse:
-        raise Unavailable(NO_MODEL)
+        self._client()
+        if not request.text:
+            raise InvalidArgument("text: required", field="text")
+        if len(request.text) > MAX_TEXT:
+            raise InvalidArgument(f"text: at most {MAX_TEXT} characters", field="text")
+        top_k = _top_k(request.top_k)
+        sae = self._runtime.sae
+        for i, f in enumerate(request.features):
+            if sae is not None and f >= sae.d_sae:
+                raise InvalidArgument(f"features[{i}]: {f} out of range (d_sae {sae.d_sae})",
+                                      field=f"features[{i}]")
+        tag = f"lg-inspect-{uuid.uuid4().hex[:16]}"
+        watcher = self._runtime.watch(tag, list(request.features))
+        xargs = {"latentguard_tag": tag}
+        if request.policy:
+            xargs["latentguard_policy"] = request.policy
+        labels = self._runtime.labels()
+        resp = monitor_pb2.InspectResponse()
+        series: dict[int, list[float]] = {f: [] for f in request.features}
+        async for event in self._events(tag, watcher, prompt=request.text, xargs=xargs,
+                                        max_tokens=1, temperature=0.0):
+            if event[0] == "tokens":
+                resp.tokens.extend(_token(r, labels, top_k) for r in event[1] if r.prompt)
+                for f, values in event[2].items():
+                    series[f].extend(values)
+            elif event[0] == "hit":
+                resp.hits.append(convert.hit_proto(event[1]))
+            elif event[0] == "end" and event[1] is not None:
+                resp.trace_id = event[1].id
+        resp.series.extend(monitor_pb2.FeatureSeries(feature=f, values=v)
+                           for f, v in series.items())
+        return resp
 
     @grpc_errors
     async def Generate(self, request: monitor_pb2.GenerateRequest,
                        context: grpc.aio.ServicerContext
                        ) -> AsyncIterator[monitor_pb2.GenerateEvent]:
-        raise Unavailable(NO_MODEL)
-        yield  # pragma: no cover - makes this a server-streaming handler
+        self._client()
+        kind = request.WhichOneof("input")
+        if kind is None:
+            raise InvalidArgument("input: set prompt or chat", field="input")
+        if request.max_tokens > MAX_TOKENS:
+            raise InvalidArgument(f"max_tokens: at most {MAX_TOKENS}", field="max_tokens")
+        if request.temperature < 0:
+            raise InvalidArgument("temperature: must be >= 0", field="temperature")
+        top_k = _top_k(request.top_k)
+        tag = f"lg-gen-{uuid.uuid4().hex[:16]}"
+        xargs: dict[str, Any] = {"latentguard_tag": tag}
+        if request.policy:
+            xargs["latentguard_policy"] = request.policy
+        if request.HasField("steer"):
+            xargs["latentguard_steer"] = self._steer_arg(request.steer)
+        params: dict[str, Any] = {"max_tokens": request.max_tokens or 64,
+                                  "temperature": request.temperature}
+        if request.seed:
+            params["seed"] = request.seed
+        if kind == "prompt":
+            params["prompt"] = request.prompt
+        else:
+            params["messages"] = [{"role": m.role, "content": m.content}
+                                  for m in request.chat.messages]
+        watcher = self._runtime.watch(tag)
+        labels = self._runtime.labels()
+        index, finish, blocked_by, trace_id = 0, "", "", ""
+        async for event in self._events(tag, watcher, xargs=xargs, **params):
+            if event[0] == "chunk":
+                if event[1]:
+                    yield monitor_pb2.GenerateEvent(
+                        token=monitor_pb2.GeneratedToken(index=index, text=event[1]))
+                    index += 1
+                finish = event[2] or finish
+            elif event[0] == "tokens":
+                for record in event[1]:
+                    yield monitor_pb2.GenerateEvent(features=_token(record, labels, top_k))
+            elif event[0] == "hit":
+                yield monitor_pb2.GenerateEvent(hit=convert.hit_proto(event[1]))
+            elif event[0] == "verdict":
+                if event[1].kind == monitor_pb2.VERDICT_KIND_BLOCK:
+                    blocked_by = blocked_by or event[1].rule
+                yield monitor_pb2.GenerateEvent(verdict=event[1])
+            elif event[0] == "end" and event[1] is not None:
+                trace_id = event[1].id
+                blocked_by = blocked_by or event[1].blocked_by
+        yield monitor_pb2.GenerateEvent(finish=monitor_pb2.Finish(
+            reason="blocked" if blocked_by else (finish or "stop"), blocked_by=blocked_by,
+            trace_id=trace_id))
+
+
+def _top_k(value: int) -> int:
+    if value > 64:
+        raise InvalidArgument("top_k: at most 64", field="top_k")
+    return value or 8
+
+
+def _token(record: TokenRecord, labels: dict[int, str], top_k: int) -> common_pb2.TokenRecord:
+    msg = convert.token_proto(record, labels)
+    del msg.top_features[top_k:]
+    return msg
 
 
 async def _decoded(raw: AsyncIterator[monitor_pb2.MonitorMessage],

