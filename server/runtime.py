@@ -52,6 +52,9 @@ class MonitorRuntime:
         self.watchers: dict[str, Watcher] = {}
         """Requests someone waits on (Generate, Inspect), by request tag."""
         self._decoders: dict[str, Callable[[int], str] | None] = {}
+        self.taps: list[Callable[[str, list[int], list[int], Any], None]] = []
+        """Called with (request tag, positions, token ids, rows) for every span received: for
+        tests and debugging tools that need the raw rows."""
 
     @classmethod
     async def create(cls, settings: Settings, store: Store, telemetry: Telemetry

