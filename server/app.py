@@ -175,7 +175,12 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    pid_file = settings.data_dir / "latentguard.pid"
+    pid_file.write_text(f"{os.getpid()}\n")
     print(f"latentguard {os.getpid()} serving on {sidecar.address}", flush=True)
-    await stop.wait()
-    log.info("stopping")
-    await sidecar.stop()
+    try:
+        await stop.wait()
+        log.info("stopping")
+        await sidecar.stop()
+    finally:
+        pid_file.unlink(missing_ok=True)

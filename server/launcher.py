@@ -88,11 +88,17 @@ def run(args: list[str]) -> int:
     if shutil.which("nvidia-smi") is None:
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-    sidecar = subprocess.Popen([sys.executable, "-m", "latentguard.server.cli.main", "serve"],
-                               env=env)
+    def start_sidecar() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "latentguard.server.cli.main", "serve"],
+                                env=env)
+
+    sidecar = start_sidecar()
     procs = [sidecar]
+    stopping = False
 
     def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -116,8 +122,18 @@ latentguard is monitoring {served}
   gRPC:        {env['LATENTGUARD_SIDECAR']}  (Monitor.Generate, Monitor.Inspect, Traces, Rules)
   traces:      latentguard traces list    |   rules: latentguard rules apply examples/rules.yaml
 """, flush=True)
-        while all(p.poll() is None for p in procs):
-            time.sleep(0.5)
+        # vLLM ending ends everything; a sidecar that dies is restarted while vLLM keeps
+        # serving (requests follow their failure policy meanwhile, and the plugin reconnects).
+        restarts = 0
+        while vllm.poll() is None and not stopping:
+            if procs[0].poll() is not None and not stopping:
+                restarts += 1
+                delay = min(10.0, 0.5 * restarts)
+                print(f"latentguard: the sidecar exited with {procs[0].returncode}; restarting "
+                      f"in {delay:.1f} s", file=sys.stderr, flush=True)
+                time.sleep(delay)
+                procs[0] = start_sidecar()
+            time.sleep(0.2)
     finally:
         stop()
         for p in procs:

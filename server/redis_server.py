@@ -7,10 +7,13 @@ file there, so a restart of the sidecar keeps every rule, trace and review.
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import hashlib
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -68,6 +71,26 @@ def _answers_ping(path: Path | None, port: int | None) -> bool:
             return False
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the sidecar dies, even by SIGKILL (Linux)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _shutdown(path: Path) -> None:
+    """Asks an orphaned server (its sidecar is gone) to save and exit."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        try:
+            sock.connect(str(path))
+            sock.sendall(b"SHUTDOWN\r\n")
+            sock.recv(64)
+        except OSError:
+            pass
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -87,6 +110,7 @@ class RedisServer:
         self.persistent = persistent
         self.socket_path = None if port is not None else _socket_path(self.data_dir)
         self._proc: subprocess.Popen[bytes] | None = None
+        self._lock_file: int | None = None
 
     @property
     def url(self) -> str:
@@ -117,14 +141,26 @@ class RedisServer:
     def start(self, timeout: float = 20.0) -> RedisServer:
         redis_dir = self.data_dir / "redis"
         redis_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # The lock is held as long as this process lives (the kernel drops it on any death),
+        # so a live owner and a crashed one can be told apart.
+        self._lock_file = os.open(redis_dir / "owner.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._lock_file)
+            self._lock_file = None
+            raise RedisServerError(
+                f"another sidecar already serves the data directory {self.data_dir}; stop it "
+                "or choose another LATENTGUARD_DATA_DIR") from None
         if self.socket_path is not None and self.socket_path.exists():
             if _answers_ping(self.socket_path, None):
-                raise RedisServerError(
-                    f"another process already serves the data directory {self.data_dir} "
-                    f"(its Redis answers on {self.socket_path}); stop it or choose another "
-                    "LATENTGUARD_DATA_DIR"
-                )
-            self.socket_path.unlink()
+                log.warning("a Redis left by a sidecar that died answers on %s: stopping it",
+                            self.socket_path)
+                _shutdown(self.socket_path)
+                deadline = time.monotonic() + timeout
+                while _answers_ping(self.socket_path, None) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            self.socket_path.unlink(missing_ok=True)
         conf = redis_dir / "redis.conf"
         conf.write_text(self._config(redis_dir))
         log_path = redis_dir / "redis.log"
@@ -133,6 +169,7 @@ class RedisServer:
             self._proc = subprocess.Popen(
                 [binary, str(conf)], stdout=log_file, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
+                preexec_fn=_die_with_parent if self.persistent else None,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -149,6 +186,9 @@ class RedisServer:
     def stop(self, timeout: float = 10.0) -> None:
         """Graceful stop: redis-server flushes the AOF on SIGTERM."""
         proc, self._proc = self._proc, None
+        if self._lock_file is not None:
+            os.close(self._lock_file)
+            self._lock_file = None
         if proc is None or proc.poll() is not None:
             return
         proc.terminate()

@@ -65,6 +65,9 @@ def build_tiny_model(out: str | Path, seed: int = 0) -> Path:
         for p in model.parameters():
             if p.ndim == 2:
                 p.normal_(0.0, 0.2)
+        # EOS gets logit 0 while the others spread widely: greedy decoding never picks it, so
+        # generations end by length or when the monitor forces EOS (a block), never by chance.
+        model.lm_head.weight[config.eos_token_id].zero_()
     model.save_pretrained(out, safe_serialization=True)
     log.info("tiny model written to %s", out)
     return out

@@ -52,7 +52,9 @@ class Store:
         """Connects to `url`, or starts the embedded Redis under `data_dir` when it is None."""
         embedded = None
         if url is None:
-            embedded = await asyncio.to_thread(RedisServer(data_dir).start)
+            # Started from the event loop's own thread on purpose: the server is tied to the
+            # life of the thread that starts it (PR_SET_PDEATHSIG), which must outlive the store.
+            embedded = RedisServer(data_dir).start()
             url = embedded.url
         client = aioredis.Redis.from_url(url, health_check_interval=30)
         try:
@@ -99,5 +101,5 @@ class Store:
     async def close(self) -> None:
         await self.client.aclose()
         if self._embedded is not None:
-            await asyncio.to_thread(self._embedded.stop)
+            self._embedded.stop()
             self._embedded = None

@@ -189,3 +189,50 @@ async def test_embedded_store_survives_restart(tmp_path) -> None:
         assert got.status == "reviewed" and got.reviews[0].label == "true_positive"
     finally:
         await reopened.close()
+
+
+async def test_a_second_store_on_the_same_data_dir_is_refused(tmp_path) -> None:
+    from latentguard.server.redis_server import RedisServerError
+
+    first = await Store.open(None, tmp_path)
+    try:
+        with pytest.raises(RedisServerError, match="another sidecar"):
+            await Store.open(None, tmp_path)
+    finally:
+        await first.close()
+
+
+def test_redis_of_a_killed_sidecar_is_replaced(tmp_path) -> None:
+    """A sidecar killed with SIGKILL leaves no Redis holding its data directory."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import asyncio, sys\n"
+        "from pathlib import Path\n"
+        "from latentguard.server.store import Store\n"
+        "async def main():\n"
+        "    s = await Store.open(None, Path(sys.argv[1]))\n"
+        "    await s.rules.put('kept', {'name': 'kept'})\n"
+        "    print('ready', flush=True)\n"
+        "    await asyncio.sleep(60)\n"
+        "asyncio.run(main())\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"ready"
+    time.sleep(1.2)  # past appendfsync everysec
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    async def reopen() -> int:
+        store = await Store.open(None, tmp_path)
+        try:
+            return (await store.rules.get("kept")).version
+        finally:
+            await store.close()
+
+    import asyncio
+
+    assert asyncio.run(reopen()) == 1
