@@ -60,6 +60,9 @@ def make_telemetry() -> tuple[Telemetry, InMemorySpanExporter, InMemoryMetricRea
 @contextmanager
 def running_sidecar(data_dir: Path, **settings: Any) -> Iterator[RunningSidecar]:
     settings.setdefault("listen", f"unix://{data_dir / 'lg.sock'}")
+    # Only what the test asks for: no LATENTGUARD_* variable of the test process leaks in.
+    for name in ("sae_path", "rules_file", "redis_url"):
+        settings.setdefault(name, None)
     cfg = Settings(data_dir=data_dir, **settings)
     telemetry, spans, metrics = make_telemetry()
     loop = asyncio.new_event_loop()
