@@ -191,3 +191,13 @@ def test_invalid_policy_names_the_field(sidecar) -> None:
             name="p", rules=["*", "extra"])))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert violations(err.value)[0][0] == "policy.rules"
+
+
+def test_reflection_lists_the_services(sidecar) -> None:
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    services = set(ProtoReflectionDescriptorDatabase(sidecar.channel()).get_services())
+    assert {"latentguard.v1.Rules", "latentguard.v1.Traces", "latentguard.v1.Monitor",
+            "latentguard.v1.Features", "grpc.health.v1.Health"} <= services
