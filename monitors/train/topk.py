@@ -1,0 +1,111 @@
+"""The trainable TopK SAE: forward with FVU and the AuxK dead-feature loss, decoder-norm care.
+
+Notation follows Gao et al., "Scaling and evaluating sparse autoencoders" (2024):
+``z = ReLU(TopK(W_enc (x - b_dec) + b_enc))``, ``x_hat = W_dec z + b_dec``. The decoder rows
+are kept at unit norm: the gradient component parallel to each row is removed before a step
+and the rows are renormalised after it. Tensors use the SAELens layout (``W_enc [d_in, d_sae]``,
+``W_dec [d_sae, d_in]``) so the weights export as they are.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+__all__ = ["ForwardOutput", "TopKTrainee", "auxk_loss"]
+
+
+class ForwardOutput(NamedTuple):
+    recon: Tensor
+    """[n, d_in] reconstruction."""
+    top_acts: Tensor
+    """[n, k] activations of the selected features (ReLU applied, may hold zeros)."""
+    top_indices: Tensor
+    """[n, k] indices of the selected features."""
+    fvu: Tensor
+    """Fraction of variance unexplained of this batch (scalar, differentiable)."""
+    auxk_loss: Tensor
+    """AuxK loss, normalised like the FVU (0 when no feature is dead)."""
+
+
+class TopKTrainee(nn.Module):
+    """A TopK SAE as trainable parameters."""
+
+    def __init__(self, d_in: int, d_sae: int, k: int, *, seed: int = 0) -> None:
+        super().__init__()
+        self.d_in, self.d_sae, self.k = d_in, d_sae, k
+        gen = torch.Generator().manual_seed(seed)
+        w_dec = torch.randn(d_sae, d_in, generator=gen)
+        w_dec /= w_dec.norm(dim=1, keepdim=True)
+        self.W_dec = nn.Parameter(w_dec)
+        # Encoder initialised to the decoder's transpose (the paper's "tied init").
+        self.W_enc = nn.Parameter(w_dec.T.contiguous())
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        """[n, d_sae] encoder pre-activations (before TopK and ReLU)."""
+        return torch.addmm(self.b_enc, x - self.b_dec, self.W_enc)
+
+    def decode(self, acts: Tensor, indices: Tensor) -> Tensor:
+        """``sum_j acts[:, j] * W_dec[indices[:, j]]`` without ``b_dec``: [n, d_in]."""
+        return F.embedding_bag(indices, self.W_dec, per_sample_weights=acts, mode="sum")
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(activations [n, k], indices [n, k]) of the ``k`` selected features."""
+        values, indices = self.pre_acts(x).topk(self.k, dim=-1, sorted=False)
+        return values.relu(), indices
+
+    def forward(
+        self, x: Tensor, dead_mask: Tensor | None = None, k_aux: int | None = None
+    ) -> ForwardOutput:
+        pre = self.pre_acts(x)
+        values, indices = pre.topk(self.k, dim=-1, sorted=False)
+        acts = values.relu()
+        recon = self.decode(acts, indices) + self.b_dec
+        err = x - recon
+        total_variance = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+        fvu = err.pow(2).sum() / total_variance
+        auxk = auxk_loss(self, pre, err, dead_mask, k_aux or self.d_in // 2, total_variance)
+        return ForwardOutput(recon, acts, indices, fvu, auxk)
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Rescale each decoder row to unit norm."""
+        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    @torch.no_grad()
+    def remove_parallel_gradient(self) -> None:
+        """Drop the part of ``W_dec.grad`` that would change the rows' norms (unit-norm rows)."""
+        if self.W_dec.grad is None:
+            return
+        parallel = (self.W_dec.grad * self.W_dec).sum(dim=1, keepdim=True)
+        self.W_dec.grad -= parallel * self.W_dec
+
+
+def auxk_loss(
+    sae: TopKTrainee,
+    pre: Tensor,
+    err: Tensor,
+    dead_mask: Tensor | None,
+    k_aux: int,
+    total_variance: Tensor,
+) -> Tensor:
+    """AuxK: the top ``k_aux`` dead features must reconstruct the main reconstruction's error.
+
+    ``e_hat = W_dec z_aux`` (no ``b_dec``, as in the paper), loss ``||e - e_hat||^2`` over the
+    batch's total variance, scaled down by ``num_dead / k_aux`` when fewer features are dead
+    than ``k_aux`` (sparsify). The error is detached: only the dead features learn from it.
+    """
+    num_dead = int(dead_mask.sum()) if dead_mask is not None else 0
+    if dead_mask is None or num_dead == 0:
+        return pre.new_zeros(())
+    scale = min(num_dead / k_aux, 1.0)
+    k_aux = min(k_aux, num_dead)
+    dead_pre = torch.where(dead_mask[None], pre, torch.finfo(pre.dtype).min)
+    values, indices = dead_pre.topk(k_aux, dim=-1, sorted=False)
+    e_hat = sae.decode(values.relu(), indices)
+    return scale * (e_hat - err.detach()).pow(2).sum() / total_variance
