@@ -316,6 +316,22 @@ def cmd_model_fetch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---- sae ------------------------------------------------------------------------------------
+
+def cmd_sae_train(args: argparse.Namespace) -> int:
+    from latentguard.server.training import TrainingError, config_from_args, format_metrics, train
+
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        metrics = train(config_from_args(args), resume=args.resume)
+    except TrainingError as exc:
+        raise CliError(str(exc)) from None
+    print(format_metrics(metrics))
+    print(f"SAE written to {args.out} (metrics.json beside it)")
+    return EXIT_OK
+
+
 # ---- parser ---------------------------------------------------------------------------------
 
 def _add_connection(p: argparse.ArgumentParser) -> None:
@@ -437,6 +453,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.add_argument("--verbose", action="store_true", help="log each step's time")
     p.set_defaults(func=cmd_model_fetch)
+
+    from latentguard.server.training import add_train_arguments
+
+    sae = sub.add_parser("sae", help="train sparse autoencoders").add_subparsers(
+        dest="sae_command", required=True)
+    p = sae.add_parser("train", help="train a TopK SAE on one layer's residual stream",
+                       description="Streams a text corpus through an HF model and trains a TopK "
+                       "SAE (AuxK against dead features) on the output of --layer; saves it in "
+                       "SAELens format with metrics.json.")
+    add_train_arguments(p)
+    p.set_defaults(func=cmd_sae_train)
     return parser
 
 
