@@ -73,12 +73,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--vllm", action="store_true", help="also serve it once with vLLM")
     parser.add_argument("--batch", type=int, default=1, help="vLLM: prompts in one batch")
+    parser.add_argument("--out", type=Path, help="also write the JSON report here (vLLM logs "
+                        "to stdout too)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     result = [generate_hf(args.folder, args.prompt, args.max_tokens)]
     if args.vllm:
         result.append(generate_vllm(args.folder, [args.prompt] * args.batch, args.max_tokens))
-    print(json.dumps(result, indent=2))
+    text = json.dumps(result, indent=2)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+    print(text)
     return 0
 
 

@@ -453,6 +453,15 @@ def fetch_model(name: str, models_dir: Path | None = None, *, force: bool = Fals
         return _fetch(spec, root, keep_gguf=keep_gguf, progress=progress)
 
 
+def _normal_modes(folder: Path) -> None:
+    """safetensors writes 0600 files; the folder is as readable as any file the user makes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in folder.iterdir():
+        if f.is_file():
+            f.chmod(0o666 & ~umask)
+
+
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     import fcntl
@@ -507,6 +516,7 @@ def _fetch(spec: ModelSpec, root: Path, *, keep_gguf: bool, progress: bool) -> F
             licences = work / "licence"
             for f in sorted(licences.iterdir()) if licences.is_dir() else ():
                 shutil.copyfile(f, partial / f.name)
+            _normal_modes(partial)
             write_marker(spec, partial, time.monotonic() - t0)
     if folder.exists():
         shutil.rmtree(folder)

@@ -32,7 +32,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Path(env) if env else tmp_path_factory.mktemp("models")
 
 
-def test_gemma_fetch_generates_and_vllm_serves_it(models_dir: Path) -> None:
+def test_gemma_fetch_generates_and_vllm_serves_it(models_dir: Path, tmp_path: Path) -> None:
     result = fetch_model("gemma-3-270m", models_dir, progress=False)
     size = (result.folder / "model.safetensors").stat().st_size
     assert 1.0e9 < size < 1.1e9
@@ -41,11 +41,12 @@ def test_gemma_fetch_generates_and_vllm_serves_it(models_dir: Path) -> None:
     if importlib.util.find_spec("vllm") is None:
         pytest.skip("vllm not installed")
     proc = subprocess.run(
-        [sys.executable, "-m", "latentguard.server.models.check", str(result.folder), "--vllm"],
+        [sys.executable, "-m", "latentguard.server.models.check", str(result.folder), "--vllm",
+         "--out", str(tmp_path / "report.json")],
         capture_output=True, text=True, timeout=900,
         env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "LATENTGUARD_DISABLE": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout)
+    report = json.loads((tmp_path / "report.json").read_text())
     assert "return a + b" in report[1]["completions"][0]
 
 
