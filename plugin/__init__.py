@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 #: Set to 1 to load the plugin without doing anything.
 LATENTGUARD_DISABLE = "LATENTGUARD_DISABLE"
 
+#: The plugin monitors only when one of these is set (`latentguard vllm` sets them).
+ACTIVATE = ("LATENTGUARD_SIDECAR", "LATENTGUARD_SAE_PATH")
+
 _registered = False
 
 
@@ -29,6 +32,10 @@ def register() -> None:
     if _registered or os.environ.get(LATENTGUARD_DISABLE, "") not in ("", "0"):
         return
     _registered = True
+    if not any(os.environ.get(v) for v in ACTIVATE):
+        # Installed but not configured: a plain vLLM run stays plain.
+        log.debug("latentguard plugin inactive: set one of %s to monitor", ", ".join(ACTIVATE))
+        return
     from latentguard.plugin._attach import arm
 
     arm()

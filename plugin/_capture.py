@@ -113,8 +113,12 @@ class Capture:
         if layer is None:
             ready = capture.client.ready
             if ready is None:
-                raise RuntimeError("latentguard: set LATENTGUARD_SAE_PATH or LATENTGUARD_LAYER "
-                                   "(the sidecar was not reachable to say which layer to read)")
+                # vLLM must not die because the sidecar is away: serve unmonitored, loudly.
+                log.error("latentguard: NOT monitoring: no LATENTGUARD_SAE_PATH or "
+                          "LATENTGUARD_LAYER, and the sidecar %s did not say which layer to "
+                          "read within %.0f s", settings.target, settings.connect_timeout_s)
+                capture.client.close()
+                return capture
             capture.layer = ready.layer
         layers = find_layers(runner.model)
         if not 0 <= capture.layer < len(layers):

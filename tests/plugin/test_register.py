@@ -1,0 +1,40 @@
+"""The entry point vLLM calls in each of its processes."""
+
+from __future__ import annotations
+
+import pytest
+
+import latentguard.plugin as plugin
+from latentguard.plugin import _attach
+
+
+@pytest.fixture(autouse=True)
+def fresh(monkeypatch: pytest.MonkeyPatch):
+    for var in (*plugin.ACTIVATE, plugin.LATENTGUARD_DISABLE):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(plugin, "_registered", False)
+    yield
+    if _attach._handle is not None:
+        _attach._handle.remove()
+        _attach._handle = None
+
+
+def test_unconfigured_plugin_leaves_vllm_alone() -> None:
+    plugin.register()
+    assert _attach._handle is None
+
+
+def test_disable_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LATENTGUARD_SIDECAR", "unix:///tmp/x.sock")
+    monkeypatch.setenv("LATENTGUARD_DISABLE", "1")
+    plugin.register()
+    assert _attach._handle is None
+
+
+def test_configured_plugin_arms_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LATENTGUARD_SIDECAR", "unix:///tmp/x.sock")
+    plugin.register()
+    handle = _attach._handle
+    assert handle is not None
+    plugin.register()  # safe to call twice
+    assert _attach._handle is handle
