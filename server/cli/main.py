@@ -296,6 +296,18 @@ def cmd_features_search(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_features_discover(args: argparse.Namespace) -> int:
+    from latentguard.server import discovery
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    run = discovery.run_contrast if args.features_command == "contrast" else discovery.run_top
+    try:
+        run(args, _console())
+    except discovery.DiscoveryError as exc:
+        raise CliError(str(exc)) from None
+    return EXIT_OK
+
+
 # ---- model ----------------------------------------------------------------------------------
 
 def cmd_model_fetch(args: argparse.Namespace) -> int:
@@ -435,6 +447,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20)
     _add_connection(p)
     p.set_defaults(func=cmd_features_search)
+    from latentguard.server.discovery import add_contrast_arguments, add_top_arguments
+
+    p = features.add_parser("contrast", help="rank SAE features separating two sets of texts "
+                            "(AUROC, mean difference)")
+    add_contrast_arguments(p)
+    p.set_defaults(func=cmd_features_discover)
+    p = features.add_parser("top", help="the contexts where a feature fires most, highlighted")
+    add_top_arguments(p)
+    p.set_defaults(func=cmd_features_discover)
 
     from latentguard.server.models.registry import DEFAULT_MODEL, MODELS
 
