@@ -152,7 +152,10 @@ class Sidecar:
             self.server = None
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=5)
+            for task in stuck:
+                log.warning("background task %s did not stop within 5 s", task.get_name())
         self._tasks.clear()
         if self.runtime is not None:
             await self.runtime.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -11,6 +12,10 @@ import pytest
 
 from latentguard.server.redis_server import RedisServer, find_redis_server, free_port
 from latentguard.server.store import Store
+
+# setuptools before any test module: torch (imported by vLLM) imports it, and its distutils shim
+# refuses to load once another package has imported the standard library's distutils.
+importlib.import_module("setuptools")
 
 
 def external_redis_binary() -> str:

@@ -7,6 +7,7 @@ persistence in the data directory; with a URL it uses that Redis. Everything els
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -96,7 +97,9 @@ class Store:
                     log.warning("change notices interrupted (%s); retrying", exc)
                     await asyncio.sleep(poll_s)
         finally:
-            await pubsub.aclose()
+            # Bounded: closing a pub/sub connection cancelled mid-read can otherwise hang.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pubsub.aclose(), 2)
 
     async def close(self) -> None:
         await self.client.aclose()
