@@ -1,0 +1,281 @@
+"""Evaluate the "unsafe code" rule (one SAE feature) against a linear probe, on held-out snippets.
+
+    .venv/bin/python bench/unsafe_code_eval.py --model ~/.cache/latentguard/models/gemma-3-270m \
+        --sae saes/gemma-3-270m/blocks.9.hook_resid_post --layer 9 \
+        --data bench/data/unsafe_code.jsonl --out bench/results/unsafe-code
+
+The data set comes from ``bench/unsafe_code_data.py`` (stdlib functions labelled by bandit, split
+by source file). Each snippet goes through the model, cut after ``--layer``, with a BOS in front
+(its row left out) and at most ``--max-tokens`` tokens. Per snippet:
+
+- the SAE rule's value is the **max over tokens** of a feature: exactly what a rule
+  ``{feature: F, threshold: T}`` (no window) sees when it fires on any token above ``T``;
+- the probe reads the **mean residual** over tokens: a linear probe of it is the mean of the
+  per-token probe scores, so a rule ``{probe: unsafe-code, window: {agg: mean}}`` sees it.
+
+On the train split the feature with the best AUROC is the rule, with its threshold at the train
+negatives' 1%-FPR point; the probe is an L2-regularised logistic regression (plain torch, LBFGS)
+on standardised features, folded back to a direction and a bias, thresholded the same way.
+On the held-out split both get AUROC, recall at 1% FPR (threshold set on the held-out negatives)
+and the recall and FPR of the threshold chosen on train (what a deployed rule would do).
+Outputs in ``--out``: ``metrics.json``, ``rules.yaml`` (or ``--rules-out``), the probe
+(``probes/unsafe-code.{json,safetensors}``, or ``--probe-out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
+from torch import Tensor
+
+from latentguard.monitors.discovery import auroc, recall_at_fpr, threshold_at_fpr
+from latentguard.monitors.probes import Probe, ProbeMeta
+from latentguard.monitors.rules import load_rule_pack
+from latentguard.server.discovery import TextEncoder, load_catalog, load_sae_for, progress_bar
+
+logger = logging.getLogger(__name__)
+
+FPR = 0.01
+PROBE_NAME = "unsafe-code"
+
+
+# ---- data -----------------------------------------------------------------------------------
+
+def load_split(path: Path, split: str, max_pos: int | None, max_neg: int | None,
+               seed: int) -> list[dict[str, Any]]:
+    """The split's snippets: up to ``max_pos`` unsafe and ``max_neg`` clean (seeded sample)."""
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+    part = [r for r in rows if r["split"] == split]
+    rng = random.Random(f"{seed}:{split}")
+    chosen = []
+    for label, limit in ((1, max_pos), (0, max_neg)):
+        group = [r for r in part if int(r["label"]) == label]
+        if limit is not None and len(group) > limit:
+            group = rng.sample(group, limit)
+        chosen += sorted(group, key=lambda r: r["id"])
+    n_pos = sum(int(r["label"]) for r in chosen)
+    if not n_pos or n_pos == len(chosen):
+        raise SystemExit(f"{path}: the {split} split needs both unsafe and clean snippets "
+                         f"(has {n_pos} unsafe of {len(chosen)})")
+    return chosen
+
+
+@torch.no_grad()
+def extract(encoder: TextEncoder, sae: Any, texts: Sequence[str],
+            what: str) -> tuple[Tensor, Tensor, int]:
+    """(per-snippet max of every SAE feature [n, d_sae], mean residual [n, d_model], tokens)."""
+    feats = torch.zeros(len(texts), sae.d_sae)
+    resid = torch.zeros(len(texts), sae.d_in)
+    tokens = 0
+    with progress_bar() as bar:
+        task = bar.add_task(what, total=len(texts))
+        for enc in encoder.encode(texts, lambda k: bar.update(task, advance=k)):
+            feats[enc.index] = sae.encode(enc.rows).amax(0)
+            resid[enc.index] = enc.rows.mean(0)
+            tokens += len(enc.ids)
+    return feats, resid, tokens
+
+
+# ---- probe ----------------------------------------------------------------------------------
+
+def train_probe(x: Tensor, y: Tensor, l2: float = 1e-2,
+                max_iter: int = 500) -> tuple[Tensor, float]:
+    """Logistic regression ``y ~ x`` (classes weighted equally): (direction [d], bias).
+
+    Fit on standardised features with an L2 penalty, then folded back so that the score is
+    ``x @ direction + bias`` (a logit) on raw residuals.
+    """
+    x, y = x.detach().clone().double(), y.detach().clone().double()
+    mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)
+    z = (x - mu) / sd
+    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    n_pos = float(y.sum())
+    pos_weight = torch.tensor((len(y) - n_pos) / n_pos, dtype=torch.float64)
+    opt = torch.optim.LBFGS([w, b], max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(z @ w + b, y, pos_weight=pos_weight)
+        loss = loss + l2 * w.square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    direction = (w / sd).detach()
+    bias = float(b.detach() - (mu / sd * w.detach()).sum())
+    return direction.float(), bias
+
+
+# ---- metrics --------------------------------------------------------------------------------
+
+def heldout_metrics(pos: Tensor, neg: Tensor, train_threshold: float) -> dict[str, float]:
+    recall, t = recall_at_fpr(pos, neg, FPR)
+    return {"auroc": float(auroc(pos, neg)), "recall_at_1pct_fpr": recall,
+            "threshold_at_1pct_fpr": t,
+            "recall_at_train_threshold": float((pos > train_threshold).double().mean()),
+            "fpr_at_train_threshold": float((neg > train_threshold).double().mean())}
+
+
+def evaluate(train: tuple[Tensor, Tensor, Tensor], test: tuple[Tensor, Tensor, Tensor],
+             l2: float) -> dict[str, Any]:
+    """Rule and probe chosen on ``train`` (feats, resid, labels), measured on ``test``."""
+    feats, resid, y = train
+    t_feats, t_resid, t_y = test
+    pos, neg, t_pos, t_neg = y == 1, y == 0, t_y == 1, t_y == 0
+    scores = auroc(feats[pos], feats[neg])
+    best = int(scores.argmax())
+    rule_t = threshold_at_fpr(feats[neg, best], FPR)
+    top = scores.argsort(descending=True)[:10]
+    top_heldout = auroc(t_feats[t_pos][:, top], t_feats[t_neg][:, top])
+    direction, bias = train_probe(resid, y, l2)
+    probe_train = resid @ direction + bias
+    probe_t = threshold_at_fpr(probe_train[neg], FPR)
+    probe_test = t_resid @ direction + bias
+    return {
+        "rule": {"feature": best, "train_auroc": float(scores[best]), "threshold": rule_t,
+                 "train_recall_at_threshold": float((feats[pos, best] > rule_t).double().mean()),
+                 "heldout": heldout_metrics(t_feats[t_pos, best], t_feats[t_neg, best], rule_t)},
+        "probe": {"train_auroc": float(auroc(probe_train[pos], probe_train[neg])),
+                  "threshold": probe_t, "bias": bias, "l2": l2,
+                  "train_recall_at_threshold": float((probe_train[pos] > probe_t).double().mean()),
+                  "heldout": heldout_metrics(probe_test[t_pos], probe_test[t_neg], probe_t)},
+        "top_features": [{"feature": int(f), "train_auroc": float(scores[f]),
+                          "heldout_auroc": float(h)} for f, h in zip(top, top_heldout,
+                                                                     strict=True)],
+        "_direction": direction,
+    }
+
+
+def results_table(m: dict[str, Any]) -> Table:
+    rule, probe = m["rule"], m["probe"]
+    n = m["n"]
+    table = Table(title=f"unsafe code, held out: {n['heldout']['unsafe']} unsafe / "
+                  f"{n['heldout']['clean']} clean snippets (train {n['train']['unsafe']} / "
+                  f"{n['train']['clean']})")
+    table.add_column("metric")
+    table.add_column(f"SAE rule (feature {rule['feature']})", justify="right")
+    table.add_column("linear probe (mean residual)", justify="right")
+    rows = [("AUROC (held out)", "auroc", "{:.3f}"),
+            ("recall at 1% FPR (held out)", "recall_at_1pct_fpr", "{:.1%}"),
+            ("recall at the train threshold", "recall_at_train_threshold", "{:.1%}"),
+            ("FPR at the train threshold", "fpr_at_train_threshold", "{:.1%}")]
+    table.add_row("AUROC (train)", f"{rule['train_auroc']:.3f}", f"{probe['train_auroc']:.3f}")
+    for name, key, fmt in rows:
+        table.add_row(name, fmt.format(rule["heldout"][key]), fmt.format(probe["heldout"][key]))
+    return table
+
+
+# ---- outputs --------------------------------------------------------------------------------
+
+def rules_yaml(m: dict[str, Any], label: str) -> str:
+    rule = m["rule"]
+    about = f" ({label})" if label else ""
+    desc = (f"Python that bandit flags (medium severity or above): SAE feature "
+            f"{rule['feature']}{about} above its 1%-FPR point on the train split; held-out "
+            f"AUROC {rule['heldout']['auroc']:.3f}, recall at 1% FPR "
+            f"{rule['heldout']['recall_at_1pct_fpr']:.1%}")
+    text = (
+        f"# Written by bench/unsafe_code_eval.py for the SAE {m['sae']} (layer {m['layer']});\n"
+        f"# feature indices mean nothing with another SAE. Metrics: {m['out']}/metrics.json.\n"
+        "rules:\n"
+        "  - name: unsafe-code\n"
+        f"    description: {json.dumps(desc)}\n"
+        "    severity: high\n"
+        "    scope: generation\n"
+        f"    when: {{feature: {rule['feature']}, threshold: {rule['threshold']:.6g}}}\n"
+        "    action: {type: block}\n"
+        "policies:\n"
+        "  - name: default\n"
+        "    rules: [\"*\"]\n"
+    )
+    load_rule_pack(text, source="rules.yaml")  # raises if the pack is not valid
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="HF model folder")
+    p.add_argument("--sae", required=True, help="SAE folder")
+    p.add_argument("--layer", type=int, help="decoder layer (default: the SAE's)")
+    p.add_argument("--data", type=Path, required=True, help="JSONL from unsafe_code_data.py")
+    p.add_argument("--out", type=Path, required=True, help="results folder")
+    p.add_argument("--train-max", type=int, nargs=2, metavar=("UNSAFE", "CLEAN"),
+                   help="at most this many train snippets of each label (seeded sample)")
+    p.add_argument("--heldout-max", type=int, nargs=2, metavar=("UNSAFE", "CLEAN"))
+    p.add_argument("--max-tokens", type=int, default=256, help="tokens kept per snippet")
+    p.add_argument("--batch", type=int, default=8, help="snippets per model forward")
+    p.add_argument("--probe-l2", type=float, default=1e-2, help="L2 penalty of the probe")
+    p.add_argument("--rules-out", type=Path, help="rule pack to write (default: OUT/rules.yaml)")
+    p.add_argument("--probe-out", type=Path, help="probe folder (default: OUT/probes)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    torch.manual_seed(args.seed)
+
+    tm, hm = args.train_max or (None, None), args.heldout_max or (None, None)
+    train_rows = load_split(args.data, "train", tm[0], tm[1], args.seed)
+    test_rows = load_split(args.data, "heldout", hm[0], hm[1], args.seed)
+    sae = load_sae_for(args.sae)
+    layer = sae.layer if args.layer is None else args.layer
+    if layer != sae.layer:
+        logger.warning("--layer %d, but the SAE reads layer %d", layer, sae.layer)
+    encoder = TextEncoder.load(args.model, layer, max_tokens=args.max_tokens, batch=args.batch)
+    start = time.perf_counter()
+    tr_f, tr_r, tr_tok = extract(encoder, sae, [r["text"] for r in train_rows], "train")
+    te_f, te_r, te_tok = extract(encoder, sae, [r["text"] for r in test_rows], "held out")
+    seconds = time.perf_counter() - start
+    logger.info("%d snippets, %d tokens in %.0f s (%.0f tokens/s)", len(train_rows) +
+                len(test_rows), tr_tok + te_tok, seconds, (tr_tok + te_tok) / seconds)
+
+    def labels(rows: list[dict[str, Any]]) -> Tensor:
+        return torch.tensor([int(r["label"]) for r in rows])
+
+    m = evaluate((tr_f, tr_r, labels(train_rows)), (te_f, te_r, labels(test_rows)),
+                 args.probe_l2)
+    direction = m.pop("_direction")
+    catalog = load_catalog(args.sae, None, sae.d_sae)
+    label = catalog.entries[m["rule"]["feature"]].label if (
+        catalog and m["rule"]["feature"] in catalog.entries) else ""
+    m = {"model": str(args.model), "sae": str(args.sae), "layer": layer, "data": str(args.data),
+         "out": str(args.out), "max_tokens": args.max_tokens, "seed": args.seed,
+         "n": {name: {"unsafe": sum(int(r["label"]) for r in rows),
+                      "clean": sum(1 - int(r["label"]) for r in rows)}
+               for name, rows in (("train", train_rows), ("heldout", test_rows))},
+         "tokens": tr_tok + te_tok, "extract_seconds": round(seconds, 1),
+         "rule_label": label, **m,
+         "command": "bench/unsafe_code_eval.py " + " ".join(sys.argv[1:] if argv is None
+                                                              else argv)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "metrics.json").write_text(json.dumps(m, indent=2) + "\n", encoding="utf-8")
+    rules_path = args.rules_out or args.out / "rules.yaml"
+    rules_path.parent.mkdir(parents=True, exist_ok=True)
+    rules_path.write_text(rules_yaml(m, label), encoding="utf-8")
+    probe = Probe(ProbeMeta(
+        name=PROBE_NAME, bias=m["probe"]["bias"], threshold=m["probe"]["threshold"],
+        layer=layer, description="logistic regression on the mean residual of bandit-labelled "
+        "snippets (score: a logit); average it over a window (agg: mean)"), direction)
+    probe.save(args.probe_out or args.out / "probes")
+    console = Console()
+    console.print(results_table(m))
+    console.print(f"metrics: {args.out / 'metrics.json'}; rule pack: {rules_path}; probe: "
+                  f"{args.probe_out or args.out / 'probes'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

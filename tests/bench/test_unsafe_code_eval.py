@@ -1,0 +1,80 @@
+"""bench/unsafe_code_eval.py end to end on the tiny model (the numbers mean nothing there)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from latentguard.monitors.probes import ProbeSet
+from latentguard.monitors.rules import load_rule_pack
+from latentguard.server.tinymodel import build_tiny_model, build_tiny_sae
+
+sys.path.insert(0, str(Path(__file__).parents[2] / "bench"))
+
+import unsafe_code_eval as uce
+
+UNSAFE = ["os.system(cmd)", "eval(input())", "pickle.loads(data)", "subprocess.call(c, shell=True)",
+          "exec(code)", "hashlib.md5(pw)"]
+CLEAN = ["def add(a, b):\n    return a + b", "x = [i for i in range(3)]", "print('hello')",
+         "return self.value", "for k in d:\n    total += d[k]", "name = name.strip()",
+         "if a > b:\n    a, b = b, a", "import math\nmath.sqrt(2)"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("uce")
+    rows = []
+    for i, (text, label) in enumerate([(t, 1) for t in UNSAFE] + [(t, 0) for t in CLEAN]):
+        rows.append({"id": f"f{i}.py:1:f", "source": f"f{i}.py", "text": text, "label": label,
+                     "split": "heldout" if i % 2 else "train", "bandit": [], "flagged": []})
+    path = root / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_eval_end_to_end(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model = build_tiny_model(tmp_path / "model")
+    sae = build_tiny_sae(tmp_path / "sae", layer=1)
+    out = tmp_path / "out"
+    assert uce.main(["--model", str(model), "--sae", str(sae), "--layer", "1", "--data",
+                     str(data), "--out", str(out), "--batch", "4",
+                     "--heldout-max", "3", "3"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n"] == {"train": {"unsafe": 3, "clean": 4}, "heldout": {"unsafe": 3, "clean": 3}}
+    for who in ("rule", "probe"):
+        for key, value in m[who]["heldout"].items():
+            if not key.startswith("threshold"):
+                assert 0.0 <= value <= 1.0, (who, key, value)
+        assert 0.0 <= m[who]["train_auroc"] <= 1.0
+    assert m["probe"]["train_auroc"] == 1.0  # 64 dimensions, 7 points: separable
+    pack = load_rule_pack((out / "rules.yaml").read_text())
+    signal = pack.rules[0].when.signal
+    assert pack.rules[0].name == "unsafe-code" and signal is not None
+    assert signal.feature == m["rule"]["feature"]
+    assert signal.threshold == pytest.approx(m["rule"]["threshold"], rel=1e-5)
+    probes = ProbeSet.load(out / "probes", d_in=64)
+    assert probes.names == ["unsafe-code"]
+    assert probes.probe("unsafe-code").meta.layer == 1
+    assert "SAE rule (feature" in capsys.readouterr().out
+
+
+def test_probe_separates_a_planted_direction() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 16, generator=gen) * 5 + 100  # large offset, like real residuals
+    y = (torch.arange(200) < 60).long()
+    x[y == 1, 3] += 20.0  # 4 standard deviations
+    direction, bias = uce.train_probe(x, y)
+    scores = x @ direction + bias
+    assert int(direction.abs().argmax()) == 3
+    assert float(((scores > 0).long() == y).double().mean()) > 0.95  # balanced at 0
+
+
+def test_missing_positives_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"id": "a", "text": "x", "label": 0, "split": "train"}) + "\n")
+    with pytest.raises(SystemExit, match="needs both"):
+        uce.load_split(path, "train", None, None, 0)
