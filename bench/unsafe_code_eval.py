@@ -19,18 +19,20 @@ on standardised features, folded back to a direction and a bias, thresholded the
 On the held-out split both get AUROC, recall at 1% FPR (threshold set on the held-out negatives)
 and the recall and FPR of the threshold chosen on train (what a deployed rule would do).
 Outputs in ``--out``: ``metrics.json``, ``rules.yaml`` (or ``--rules-out``), the probe
-(``probes/unsafe-code.{json,safetensors}``, or ``--probe-out``).
+(``probes/unsafe-code.{json,safetensors}``, or ``--probe-out``) and a catalog entry for the chosen
+feature (``features.json``, to merge into the SAE's catalog).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
 from latentguard.monitors.discovery import auroc, recall_at_fpr, threshold_at_fpr
@@ -73,20 +77,43 @@ def load_split(path: Path, split: str, max_pos: int | None, max_neg: int | None,
     return chosen
 
 
+def cache_key(model: str, layer: int, max_tokens: int, texts: Sequence[str]) -> str:
+    blob = json.dumps([str(Path(model).resolve()), layer, max_tokens, list(texts)])
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 @torch.no_grad()
-def extract(encoder: TextEncoder, sae: Any, texts: Sequence[str],
-            what: str) -> tuple[Tensor, Tensor, int]:
-    """(per-snippet max of every SAE feature [n, d_sae], mean residual [n, d_model], tokens)."""
-    feats = torch.zeros(len(texts), sae.d_sae)
-    resid = torch.zeros(len(texts), sae.d_in)
-    tokens = 0
+def residual_rows(encoder: Callable[[], TextEncoder], texts: Sequence[str], what: str,
+                  cache: Path | None = None, key: str = "") -> list[Tensor]:
+    """Each snippet's residual rows ``[T, d_model]``, from ``cache`` when it holds ``key``.
+
+    The cache (safetensors: all rows and the lengths) depends on the model, layer, token limit
+    and texts only, so the rule can be re-chosen with another SAE without running the model.
+    """
+    if cache is not None and cache.is_file():
+        with safe_open(str(cache), "pt") as f:
+            if (f.metadata() or {}).get("key") == key:
+                lengths = f.get_tensor("lengths").tolist()
+                logger.info("%s: residual rows from %s", what, cache)
+                return list(f.get_tensor("rows").split(lengths))
+        logger.info("%s: %s is for other snippets or settings; recomputing", what, cache)
+    rows: list[Tensor] = [torch.zeros(0)] * len(texts)
     with progress_bar() as bar:
         task = bar.add_task(what, total=len(texts))
-        for enc in encoder.encode(texts, lambda k: bar.update(task, advance=k)):
-            feats[enc.index] = sae.encode(enc.rows).amax(0)
-            resid[enc.index] = enc.rows.mean(0)
-            tokens += len(enc.ids)
-    return feats, resid, tokens
+        for enc in encoder().encode(texts, lambda k: bar.update(task, advance=k)):
+            rows[enc.index] = enc.rows.clone()
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"rows": torch.cat(rows), "lengths": torch.tensor([len(r) for r in rows])},
+                  str(cache), metadata={"key": key})
+    return rows
+
+
+@torch.no_grad()
+def snippet_features(sae: Any, rows: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """(per-snippet max of every SAE feature [n, d_sae], mean residual [n, d_model])."""
+    feats = torch.stack([sae.encode(r).amax(0) for r in rows]).clone()
+    return feats, torch.stack([r.mean(0) for r in rows])
 
 
 # ---- probe ----------------------------------------------------------------------------------
@@ -223,6 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rules-out", type=Path, help="rule pack to write (default: OUT/rules.yaml)")
     p.add_argument("--probe-out", type=Path, help="probe folder (default: OUT/probes)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", type=Path, help="folder caching the snippets' residual rows "
+                   "(reused when model, layer, --max-tokens and snippets match)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.manual_seed(args.seed)
@@ -234,13 +263,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     layer = sae.layer if args.layer is None else args.layer
     if layer != sae.layer:
         logger.warning("--layer %d, but the SAE reads layer %d", layer, sae.layer)
-    encoder = TextEncoder.load(args.model, layer, max_tokens=args.max_tokens, batch=args.batch)
+    loaded: list[TextEncoder] = []
+
+    def encoder() -> TextEncoder:
+        if not loaded:
+            loaded.append(TextEncoder.load(args.model, layer, max_tokens=args.max_tokens,
+                                           batch=args.batch))
+        return loaded[0]
+
     start = time.perf_counter()
-    tr_f, tr_r, tr_tok = extract(encoder, sae, [r["text"] for r in train_rows], "train")
-    te_f, te_r, te_tok = extract(encoder, sae, [r["text"] for r in test_rows], "held out")
+    split_rows = []
+    for name, rows in (("train", train_rows), ("heldout", test_rows)):
+        texts = [r["text"] for r in rows]
+        cache = args.cache / f"{name}.safetensors" if args.cache else None
+        split_rows.append(residual_rows(encoder, texts, name, cache,
+                                        cache_key(args.model, layer, args.max_tokens, texts)))
     seconds = time.perf_counter() - start
+    tokens = sum(len(r) for rows in split_rows for r in rows)
     logger.info("%d snippets, %d tokens in %.0f s (%.0f tokens/s)", len(train_rows) +
-                len(test_rows), tr_tok + te_tok, seconds, (tr_tok + te_tok) / seconds)
+                len(test_rows), tokens, seconds, tokens / seconds)
+    (tr_f, tr_r), (te_f, te_r) = (snippet_features(sae, rows) for rows in split_rows)
 
     def labels(rows: list[dict[str, Any]]) -> Tensor:
         return torch.tensor([int(r["label"]) for r in rows])
@@ -256,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
          "n": {name: {"unsafe": sum(int(r["label"]) for r in rows),
                       "clean": sum(1 - int(r["label"]) for r in rows)}
                for name, rows in (("train", train_rows), ("heldout", test_rows))},
-         "tokens": tr_tok + te_tok, "extract_seconds": round(seconds, 1),
+         "tokens": tokens, "extract_seconds": round(seconds, 1),
          "rule_label": label, **m,
          "command": "bench/unsafe_code_eval.py " + " ".join(sys.argv[1:] if argv is None
                                                               else argv)}
@@ -270,6 +312,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         layer=layer, description="logistic regression on the mean residual of bandit-labelled "
         "snippets (score: a logit); average it over a window (agg: mean)"), direction)
     probe.save(args.probe_out or args.out / "probes")
+    rule = m["rule"]
+    entry = {"index": rule["feature"], "label": "unsafe Python code (bandit)", "tags": [
+        "unsafe-code", "security", "code"], "description": (
+        f"Chosen by bench/unsafe_code_eval.py: best train AUROC ({rule['train_auroc']:.3f}) at "
+        f"separating Python functions that bandit flags from clean ones; held-out AUROC "
+        f"{rule['heldout']['auroc']:.3f}. {label}").strip()}
+    (args.out / "features.json").write_text(json.dumps({"features": [entry]}, indent=2) + "\n",
+                                            encoding="utf-8")
     console = Console()
     console.print(results_table(m))
     console.print(f"metrics: {args.out / 'metrics.json'}; rule pack: {rules_path}; probe: "

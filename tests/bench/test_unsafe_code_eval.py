@@ -60,6 +60,28 @@ def test_eval_end_to_end(data: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert probes.names == ["unsafe-code"]
     assert probes.probe("unsafe-code").meta.layer == 1
     assert "SAE rule (feature" in capsys.readouterr().out
+    catalog = json.loads((out / "features.json").read_text())["features"]
+    assert catalog[0]["index"] == m["rule"]["feature"]
+
+
+def test_cached_rows_skip_the_model(data: Path, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    model = build_tiny_model(tmp_path / "model")
+    sae = build_tiny_sae(tmp_path / "sae", layer=1)
+    args = ["--model", str(model), "--sae", str(sae), "--data", str(data), "--cache",
+            str(tmp_path / "cache")]
+    assert uce.main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert (tmp_path / "cache" / "heldout.safetensors").is_file()
+
+    def no_model(*_a: object, **_k: object) -> None:
+        raise AssertionError("the model was loaded despite the cache")
+
+    monkeypatch.setattr(uce.TextEncoder, "load", no_model)
+    assert uce.main([*args, "--out", str(tmp_path / "b")]) == 0
+    first, second = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in "ab")
+    assert first["rule"] == second["rule"] and first["probe"] == second["probe"]
+    with pytest.raises(AssertionError, match="despite the cache"):  # other settings: recompute
+        uce.main([*args, "--out", str(tmp_path / "c"), "--max-tokens", "3"])
 
 
 def test_probe_separates_a_planted_direction() -> None:
