@@ -1,7 +1,7 @@
 """Build the "unsafe code" data set: real Python functions labelled by bandit.
 
     .venv/bin/python bench/unsafe_code_data.py \
-        --source /root/.pyenv/versions/3.11.7/lib/python3.11 --out bench/data/unsafe_code.jsonl
+        --source /root/.pyenv/versions/3.11.7/lib/python3.11 --out data/unsafe_code.jsonl
 
 Every module-level function and every method of a module-level class in the ``.py`` files under
 ``--source`` (test folders and site-packages left out) becomes a snippet (dedented, between
@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--source", type=Path, default=Path(ast.__file__).parent,
                    help="folder of Python files (default: this interpreter's standard library)")
-    p.add_argument("--out", type=Path, default=Path("bench/data/unsafe_code.jsonl"))
+    p.add_argument("--out", type=Path, default=Path("data/unsafe_code.jsonl"))
     p.add_argument("--min-lines", type=int, default=3)
     p.add_argument("--max-lines", type=int, default=60)
     p.add_argument("--heldout-percent", type=int, default=20)
@@ -203,7 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ids = Counter(t for s in snippets for t in set(s.flagged))
     console.print("bandit tests in unsafe snippets: " +
                   ", ".join(f"{t} {n}" for t, n in ids.most_common(15)))
-    console.print(f"written to {args.out}")
+    digest = hashlib.sha256(args.out.read_bytes()).hexdigest()
+    console.print(f"written to {args.out} (sha256 {digest})")
     return 0
 
 

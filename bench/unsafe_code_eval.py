@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/unsafe_code_eval.py --model ~/.cache/latentguard/models/gemma-3-270m \
         --sae saes/gemma-3-270m/blocks.9.hook_resid_post --layer 9 \
-        --data bench/data/unsafe_code.jsonl --out bench/results/unsafe-code
+        --data data/unsafe_code.jsonl --out bench/results/unsafe-code
 
 The data set comes from ``bench/unsafe_code_data.py`` (stdlib functions labelled by bandit, split
 by source file). Each snippet goes through the model, cut after ``--layer``, with a BOS in front
