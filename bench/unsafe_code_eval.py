@@ -15,7 +15,8 @@ by source file). Each snippet goes through the model, cut after ``--layer``, wit
 
 On the train split the feature with the best AUROC is the rule, with its threshold at the train
 negatives' 1%-FPR point; the probe is an L2-regularised logistic regression (plain torch, LBFGS)
-on standardised features, folded back to a direction and a bias, thresholded the same way.
+on standardised features (the penalty chosen by cross-validation on the train split, folds by
+source file), folded back to a direction and a bias, thresholded the same way.
 On the held-out split both get AUROC, recall at 1% FPR (threshold set on the held-out negatives)
 and the recall and FPR of the threshold chosen on train (what a deployed rule would do).
 Outputs in ``--out``: ``metrics.json``, ``rules.yaml`` (or ``--rules-out``), the probe
@@ -158,8 +159,31 @@ def heldout_metrics(pos: Tensor, neg: Tensor, train_threshold: float) -> dict[st
             "fpr_at_train_threshold": float((neg > train_threshold).double().mean())}
 
 
+def choose_l2(x: Tensor, y: Tensor, groups: Sequence[str], grid: Sequence[float],
+              folds: int = 3) -> tuple[float, dict[str, float | None]]:
+    """The L2 penalty with the best mean AUROC over ``folds`` folds split by source file."""
+    fold = torch.tensor([int(hashlib.sha256(g.encode()).hexdigest()[:8], 16) % folds
+                         for g in groups])
+    results: dict[str, float | None] = {}
+    for l2 in grid:
+        aucs = []
+        for k in range(folds):
+            fit, held = fold != k, fold == k
+            if not (y[fit].any() and (y[fit] == 0).any() and y[held].any()
+                    and (y[held] == 0).any()):
+                continue
+            direction, bias = train_probe(x[fit], y[fit], l2)
+            score = x[held] @ direction + bias
+            aucs.append(float(auroc(score[y[held] == 1], score[y[held] == 0])))
+        results[f"{l2:g}"] = sum(aucs) / len(aucs) if aucs else None
+    valid = {k: v for k, v in results.items() if v is not None}
+    if not valid:
+        return float(grid[len(grid) // 2]), results
+    return float(max(valid, key=lambda k: valid[k])), results
+
+
 def evaluate(train: tuple[Tensor, Tensor, Tensor], test: tuple[Tensor, Tensor, Tensor],
-             l2: float) -> dict[str, Any]:
+             l2: float | Sequence[float], groups: Sequence[str] = ()) -> dict[str, Any]:
     """Rule and probe chosen on ``train`` (feats, resid, labels), measured on ``test``."""
     feats, resid, y = train
     t_feats, t_resid, t_y = test
@@ -169,6 +193,9 @@ def evaluate(train: tuple[Tensor, Tensor, Tensor], test: tuple[Tensor, Tensor, T
     rule_t = threshold_at_fpr(feats[neg, best], FPR)
     top = scores.argsort(descending=True)[:10]
     top_heldout = auroc(t_feats[t_pos][:, top], t_feats[t_neg][:, top])
+    cv: dict[str, float | None] = {}
+    if not isinstance(l2, float | int):
+        l2, cv = choose_l2(resid, y, groups, l2)
     direction, bias = train_probe(resid, y, l2)
     probe_train = resid @ direction + bias
     probe_t = threshold_at_fpr(probe_train[neg], FPR)
@@ -178,7 +205,7 @@ def evaluate(train: tuple[Tensor, Tensor, Tensor], test: tuple[Tensor, Tensor, T
                  "train_recall_at_threshold": float((feats[pos, best] > rule_t).double().mean()),
                  "heldout": heldout_metrics(t_feats[t_pos, best], t_feats[t_neg, best], rule_t)},
         "probe": {"train_auroc": float(auroc(probe_train[pos], probe_train[neg])),
-                  "threshold": probe_t, "bias": bias, "l2": l2,
+                  "threshold": probe_t, "bias": bias, "l2": l2, "l2_cv_auroc": cv,
                   "train_recall_at_threshold": float((probe_train[pos] > probe_t).double().mean()),
                   "heldout": heldout_metrics(probe_test[t_pos], probe_test[t_neg], probe_t)},
         "top_features": [{"feature": int(f), "train_auroc": float(scores[f]),
@@ -246,7 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--heldout-max", type=int, nargs=2, metavar=("UNSAFE", "CLEAN"))
     p.add_argument("--max-tokens", type=int, default=256, help="tokens kept per snippet")
     p.add_argument("--batch", type=int, default=8, help="snippets per model forward")
-    p.add_argument("--probe-l2", type=float, default=1e-2, help="L2 penalty of the probe")
+    p.add_argument("--probe-l2", type=float, nargs="+", default=[1e-4, 1e-3, 1e-2, 1e-1, 1.0],
+                   help="L2 penalty of the probe; several: chosen by 3-fold cross-validation "
+                   "on the train split, folds split by source file")
     p.add_argument("--rules-out", type=Path, help="rule pack to write (default: OUT/rules.yaml)")
     p.add_argument("--probe-out", type=Path, help="probe folder (default: OUT/probes)")
     p.add_argument("--seed", type=int, default=0)
@@ -287,8 +316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     def labels(rows: list[dict[str, Any]]) -> Tensor:
         return torch.tensor([int(r["label"]) for r in rows])
 
-    m = evaluate((tr_f, tr_r, labels(train_rows)), (te_f, te_r, labels(test_rows)),
-                 args.probe_l2)
+    l2 = args.probe_l2[0] if len(args.probe_l2) == 1 else args.probe_l2
+    m = evaluate((tr_f, tr_r, labels(train_rows)), (te_f, te_r, labels(test_rows)), l2,
+                 [r["source"] for r in train_rows])
     direction = m.pop("_direction")
     catalog = load_catalog(args.sae, None, sae.d_sae)
     label = catalog.entries[m["rule"]["feature"]].label if (

@@ -51,6 +51,7 @@ def test_eval_end_to_end(data: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
                 assert 0.0 <= value <= 1.0, (who, key, value)
         assert 0.0 <= m[who]["train_auroc"] <= 1.0
     assert m["probe"]["train_auroc"] == 1.0  # 64 dimensions, 7 points: separable
+    assert set(m["probe"]["l2_cv_auroc"]) == {"0.0001", "0.001", "0.01", "0.1", "1"}
     pack = load_rule_pack((out / "rules.yaml").read_text())
     signal = pack.rules[0].when.signal
     assert pack.rules[0].name == "unsafe-code" and signal is not None
@@ -93,6 +94,9 @@ def test_probe_separates_a_planted_direction() -> None:
     scores = x @ direction + bias
     assert int(direction.abs().argmax()) == 3
     assert float(((scores > 0).long() == y).double().mean()) > 0.95  # balanced at 0
+    l2, cv = uce.choose_l2(x, y, [f"f{i % 10}.py" for i in range(200)], [1e-3, 1e2])
+    assert set(cv) == {"0.001", "100"} and l2 in (1e-3, 1e2)
+    assert all(v is not None and 0.5 < v <= 1.0 for v in cv.values())
 
 
 def test_missing_positives_is_an_error(tmp_path: Path) -> None:
