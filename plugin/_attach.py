@@ -19,8 +19,19 @@ log = logging.getLogger(__name__)
 _handle: Any = None
 
 
+def _log_to_stderr() -> None:
+    """vLLM configures only its own loggers: give ours a handler, or warnings vanish."""
+    ours = logging.getLogger("latentguard")
+    if not ours.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        ours.addHandler(handler)
+        ours.setLevel(logging.INFO)
+
+
 def arm() -> None:
     global _handle
+    _log_to_stderr()
     if _handle is None:
         _handle = torch.nn.modules.module.register_module_forward_pre_hook(_first_forward)
 

@@ -32,8 +32,8 @@ rules:
 policies:
   - {name: default, rules: []}
   - {name: strict, rules: [always], mode: sync}
-  - {name: open, rules: [], on_failure: open}
-  - {name: closed, rules: [], on_failure: closed}
+  - {name: open, rules: [], mode: sync, timeout_ms: 100, on_failure: open}
+  - {name: closed, rules: [], mode: sync, timeout_ms: 100, on_failure: closed}
 """
 
 
@@ -183,15 +183,18 @@ def _stream(stack: Stack, policy: str, out: dict[str, Any], first: threading.Eve
 def test_sidecar_outage_follows_each_policy_and_recovers(stack: Stack) -> None:
     results: dict[str, Any] = {}
     started = {p: threading.Event() for p in ("open", "closed")}
-    threads = [threading.Thread(target=_stream, args=(stack, p, results, started[p]))
-               for p in ("open", "closed")]
-    for t in threads:
+    threads = {p: threading.Thread(target=_stream, args=(stack, p, results, started[p]))
+               for p in ("open", "closed")}
+    for t in threads.values():
         t.start()
     for event in started.values():
         assert event.wait(60)
-    os.kill(stack.sidecar_pid(), signal.SIGKILL)
-    for t in threads:
-        t.join(120)
+    # First slow (frozen: sync steps time out), then gone, both mid-generation.
+    pid = stack.sidecar_pid()
+    os.kill(pid, signal.SIGSTOP)
+    threads["closed"].join(60)
+    os.kill(pid, signal.SIGKILL)
+    threads["open"].join(120)
     n_open, finish_open = results["open"]
     n_closed, finish_closed = results["closed"]
     assert (finish_open, n_open) == ("length", 400)  # fail-open: generation went on

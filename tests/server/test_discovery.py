@@ -8,10 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from latentguard.monitors.discovery import pool, rank_features
+from latentguard.monitors.discovery import Context, pool, rank_features
 from latentguard.monitors.sae import load_sae
 from latentguard.server.cli.main import main
-from latentguard.server.discovery import DiscoveryError, TextEncoder, contrast, read_texts, top
+from latentguard.server.discovery import (
+    DiscoveryError,
+    TextEncoder,
+    TokenContext,
+    context_text,
+    contrast,
+    read_texts,
+    top,
+)
 from latentguard.server.tinymodel import build_tiny_model, build_tiny_sae
 
 CODE = ["import os\nos.system(user_input)\n", "eval(input())", "os.system('rm -rf ' + path)",
@@ -70,6 +78,17 @@ def test_top_points_at_the_strongest_token(tiny: tuple[Path, Path], encoder: Tex
         top(encoder, sae, texts, 10_000)
 
 
+def test_context_text_highlights_the_firing_tokens() -> None:
+    ctx = TokenContext(Context(0, 2, 4.0, torch.tensor([0.0, 1.0, 4.0, 3.0, 0.0, 0.0])),
+                       ["a", "b", "c", "d", "e", "f"])
+    text = context_text(ctx, width=2)
+    assert text.plain == "abcde..."
+    styles = {text.plain[s.start:s.end]: str(s.style) for s in text.spans}
+    assert styles["c"] == "bold black on bright_red"
+    assert styles["d"] == "black on red" and styles["b"] == "black on yellow"
+    assert "a" not in styles and "e" not in styles
+
+
 def test_read_texts(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "a.py").write_text("x = 1\n")
@@ -78,6 +97,7 @@ def test_read_texts(tmp_path: Path) -> None:
     (tmp_path / "t.jsonl").write_text('{"text": "three"}\n"four"\n')
     got = read_texts([tmp_path / "d", tmp_path / "lines.txt", tmp_path / "t.jsonl"])
     assert got == ["x = 1\n", "whole file\nis one text\n", "one", "two", "three", "four"]
+    assert read_texts([tmp_path / "d"], lines=1) == ["x = 1\n", "whole file\n", "is one text\n"]
     with pytest.raises(DiscoveryError, match="no such"):
         read_texts([tmp_path / "missing"])
     (tmp_path / "bad.jsonl").write_text('{"label": 1}\n')
