@@ -46,12 +46,13 @@ class DiscoveryError(Exception):
 
 # ---- texts ----------------------------------------------------------------------------------
 
-def read_texts(paths: Sequence[str | Path]) -> list[str]:
+def read_texts(paths: Sequence[str | Path], lines: int = 0) -> list[str]:
     """Texts from files and folders.
 
     A folder gives one text per file (sorted, any suffix of ``TEXT_SUFFIXES``); a ``.txt`` file
     one text per non-empty line; a ``.jsonl`` file one per line (a JSON string, or an object with
-    a ``text`` field); any other file is one text.
+    a ``text`` field); any other file is one text. With ``lines`` > 0, texts longer than that
+    many lines are cut into pieces of ``lines`` lines.
     """
     texts: list[str] = []
     for raw in paths:
@@ -70,7 +71,15 @@ def read_texts(paths: Sequence[str | Path]) -> list[str]:
             raise DiscoveryError(f"{path}: no such file or folder")
     if not texts:
         raise DiscoveryError(f"no texts found in {', '.join(map(str, paths))}")
+    if lines > 0:
+        texts = [piece for t in texts for piece in _pieces(t, lines)]
     return texts
+
+
+def _pieces(text: str, lines: int) -> list[str]:
+    split = text.splitlines(keepends=True)
+    pieces = ["".join(split[i:i + lines]) for i in range(0, len(split), lines)]
+    return [p for p in pieces if p.strip()]
 
 
 def _read(path: Path) -> str:
@@ -305,6 +314,8 @@ def add_contrast_arguments(p: argparse.ArgumentParser) -> None:
                    help="per-text value of a feature: max or mean over tokens")
     p.add_argument("--direction", choices=("a", "both"), default="a",
                    help="a: features higher on A; both: either way")
+    p.add_argument("--lines", type=int, default=0,
+                   help="cut longer texts into pieces of this many lines (0: never)")
     _add_common(p)
 
 
@@ -312,6 +323,8 @@ def add_top_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("feature", type=int)
     p.add_argument("--corpus", nargs="+", required=True, metavar="FILE_OR_DIR")
     p.add_argument("--n", type=int, default=10, help="contexts shown")
+    p.add_argument("--lines", type=int, default=40,
+                   help="cut longer texts into pieces of this many lines (0: never)")
     p.add_argument("--width", type=int, default=24, help="tokens shown each side")
     _add_common(p)
 
@@ -326,7 +339,7 @@ def _setup(args: argparse.Namespace) -> tuple[TextEncoder, SAE, FeatureCatalog |
 
 
 def run_contrast(args: argparse.Namespace, console: Console) -> None:
-    a, b = read_texts(args.a), read_texts(args.b)
+    a, b = read_texts(args.a, args.lines), read_texts(args.b, args.lines)
     encoder, sae, catalog = _setup(args)
     scores = contrast(encoder, sae, a, b, top=args.top, pooling=args.pooling,
                       direction=args.direction, progress=not args.quiet)
@@ -340,7 +353,7 @@ def run_contrast(args: argparse.Namespace, console: Console) -> None:
 
 
 def run_top(args: argparse.Namespace, console: Console) -> None:
-    texts = read_texts(args.corpus)
+    texts = read_texts(args.corpus, args.lines)
     encoder, sae, catalog = _setup(args)
     found = top(encoder, sae, texts, args.feature, n=args.n, progress=not args.quiet)
     if args.json:
