@@ -234,6 +234,76 @@ def results_table(m: dict[str, Any]) -> Table:
     return table
 
 
+def bandit_name(test_id: str) -> str:
+    """bandit's own short name of a test (``B301`` -> ``pickle``), or the id."""
+    try:
+        from bandit.core.extension_loader import MANAGER
+    except ImportError:
+        return test_id
+    if test_id in MANAGER.blacklist_by_id:
+        return str(MANAGER.blacklist_by_id[test_id]["name"])
+    plugin = MANAGER.plugins_by_id.get(test_id)
+    return str(plugin.name) if plugin is not None else test_id
+
+
+def per_test_features(train: tuple[Tensor, Tensor, list[list[str]]],
+                      test: tuple[Tensor, Tensor, list[list[str]]],
+                      min_train: int = 10) -> list[dict[str, Any]]:
+    """For each bandit test flagged in ``min_train`` train snippets: the feature best separating
+    those snippets from the clean ones (train AUROC), with its held-out AUROC when the held-out
+    split has at least 3 such snippets."""
+    feats, y, flagged = train
+    t_feats, t_y, t_flagged = test
+    ids = sorted({t for f in flagged for t in f})
+    out = []
+    for test_id in ids:
+        has = torch.tensor([test_id in f for f in flagged])
+        if int(has.sum()) < min_train:
+            continue
+        scores = auroc(feats[has], feats[y == 0])
+        best = int(scores.argmax())
+        t_has = torch.tensor([test_id in f for f in t_flagged])
+        heldout = (float(auroc(t_feats[t_has, best], t_feats[t_y == 0, best]))
+                   if int(t_has.sum()) >= 3 else None)
+        out.append({"test": test_id, "name": bandit_name(test_id), "feature": best,
+                    "train_snippets": int(has.sum()), "heldout_snippets": int(t_has.sum()),
+                    "train_auroc": float(scores[best]), "heldout_auroc": heldout})
+    return out
+
+
+def catalog_entries(m: dict[str, Any], label: str) -> list[dict[str, Any]]:
+    """Catalog entries for the rule's feature and each bandit test's best feature (merged)."""
+    rule = m["rule"]
+    entries: dict[int, dict[str, Any]] = {rule["feature"]: {
+        "index": rule["feature"], "label": "unsafe Python code (bandit)",
+        "tags": ["unsafe-code", "security", "code"], "description": (
+            f"Best single feature (train AUROC {rule['train_auroc']:.3f}) separating Python "
+            f"functions that bandit flags from clean ones; held-out AUROC "
+            f"{rule['heldout']['auroc']:.3f} (bench/unsafe_code_eval.py). {label}").strip()}}
+    for t in m["per_test"]:
+        held = f", held-out {t['heldout_auroc']:.3f}" if t["heldout_auroc"] is not None else ""
+        line = (f"bandit {t['test']} {t['name']}: AUROC {t['train_auroc']:.3f} on "
+                f"{t['train_snippets']} train snippets vs clean{held}")
+        e = entries.setdefault(t["feature"], {"index": t["feature"], "label": "", "tags": [
+            "security", "code"], "description": ""})
+        e["label"] = (e["label"] + "; " if e["label"] else "") + f"{t['name']} ({t['test']})"
+        e["tags"] = [*e["tags"], t["test"]]
+        e["description"] = (e["description"] + "\n" if e["description"] else "") + line
+    return [entries[i] for i in sorted(entries)]
+
+
+def per_test_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="best single feature per bandit test (vs clean snippets)")
+    for name in ("test", "name", "feature", "train snippets", "train AUROC", "held-out snippets",
+                 "held-out AUROC"):
+        table.add_column(name, justify="left" if name in ("test", "name") else "right")
+    for t in rows:
+        held = "-" if t["heldout_auroc"] is None else f"{t['heldout_auroc']:.3f}"
+        table.add_row(t["test"], t["name"], str(t["feature"]), str(t["train_snippets"]),
+                      f"{t['train_auroc']:.3f}", str(t["heldout_snippets"]), held)
+    return table
+
+
 # ---- outputs --------------------------------------------------------------------------------
 
 def rules_yaml(m: dict[str, Any], label: str) -> str:
@@ -320,6 +390,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     m = evaluate((tr_f, tr_r, labels(train_rows)), (te_f, te_r, labels(test_rows)), l2,
                  [r["source"] for r in train_rows])
     direction = m.pop("_direction")
+    m["per_test"] = per_test_features(
+        (tr_f, labels(train_rows), [r.get("flagged", []) for r in train_rows]),
+        (te_f, labels(test_rows), [r.get("flagged", []) for r in test_rows]))
     catalog = load_catalog(args.sae, None, sae.d_sae)
     label = catalog.entries[m["rule"]["feature"]].label if (
         catalog and m["rule"]["feature"] in catalog.entries) else ""
@@ -342,16 +415,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         layer=layer, description="logistic regression on the mean residual of bandit-labelled "
         "snippets (score: a logit); average it over a window (agg: mean)"), direction)
     probe.save(args.probe_out or args.out / "probes")
-    rule = m["rule"]
-    entry = {"index": rule["feature"], "label": "unsafe Python code (bandit)", "tags": [
-        "unsafe-code", "security", "code"], "description": (
-        f"Chosen by bench/unsafe_code_eval.py: best train AUROC ({rule['train_auroc']:.3f}) at "
-        f"separating Python functions that bandit flags from clean ones; held-out AUROC "
-        f"{rule['heldout']['auroc']:.3f}. {label}").strip()}
-    (args.out / "features.json").write_text(json.dumps({"features": [entry]}, indent=2) + "\n",
-                                            encoding="utf-8")
+    (args.out / "features.json").write_text(json.dumps(
+        {"features": catalog_entries(m, label)}, indent=2) + "\n", encoding="utf-8")
     console = Console()
     console.print(results_table(m))
+    if m["per_test"]:
+        console.print(per_test_table(m["per_test"]))
     console.print(f"metrics: {args.out / 'metrics.json'}; rule pack: {rules_path}; probe: "
                   f"{args.probe_out or args.out / 'probes'}")
     return 0

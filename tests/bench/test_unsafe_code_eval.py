@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from latentguard.monitors.catalog import FeatureCatalog
 from latentguard.monitors.probes import ProbeSet
 from latentguard.monitors.rules import load_rule_pack
 from latentguard.server.tinymodel import build_tiny_model, build_tiny_sae
@@ -61,8 +62,30 @@ def test_eval_end_to_end(data: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert probes.names == ["unsafe-code"]
     assert probes.probe("unsafe-code").meta.layer == 1
     assert "SAE rule (feature" in capsys.readouterr().out
-    catalog = json.loads((out / "features.json").read_text())["features"]
-    assert catalog[0]["index"] == m["rule"]["feature"]
+    catalog = FeatureCatalog.load(out / "features.json", d_sae=256)
+    assert catalog.get(m["rule"]["feature"]).label == "unsafe Python code (bandit)"
+
+
+def test_per_test_features_and_catalog() -> None:
+    pytest.importorskip("bandit")  # test names
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.rand(60, 12, generator=gen) * 0.1
+    flagged = [["B301"] if i < 12 else ["B102", "B102"] if i < 24 else [] for i in range(60)]
+    y = torch.tensor([int(bool(f)) for f in flagged])
+    feats[:12, 5] += 1.0  # pickle snippets
+    feats[12:24, 7] += 1.0  # exec snippets
+    t_feats, t_flagged = feats[:40].clone(), flagged[:40]
+    t_y = y[:40]
+    per_test = uce.per_test_features((feats, y, flagged), (t_feats, t_y, t_flagged))
+    got = {t["test"]: t for t in per_test}
+    assert got["B301"]["feature"] == 5 and got["B301"]["name"] == "pickle"
+    assert got["B102"]["feature"] == 7 and got["B102"]["name"] == "exec_used"
+    assert got["B301"]["train_auroc"] == 1.0 and got["B301"]["heldout_auroc"] == 1.0
+    m = {"rule": {"feature": 5, "train_auroc": 0.9, "heldout": {"auroc": 0.8}},
+         "per_test": per_test}
+    entries = {e["index"]: e for e in uce.catalog_entries(m, "")}
+    assert entries[5]["label"] == "unsafe Python code (bandit); pickle (B301)"
+    assert entries[7]["label"] == "exec_used (B102)" and "B102" in entries[7]["tags"]
 
 
 def test_cached_rows_skip_the_model(data: Path, tmp_path: Path,
