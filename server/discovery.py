@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,18 +47,23 @@ class DiscoveryError(Exception):
 
 # ---- texts ----------------------------------------------------------------------------------
 
-def read_texts(paths: Sequence[str | Path], lines: int = 0) -> list[str]:
+def read_texts(paths: Sequence[str | Path], lines: int = 0, limit: int = 0,
+               seed: int = 0) -> list[str]:
     """Texts from files and folders.
 
     A folder gives one text per file (sorted, any suffix of ``TEXT_SUFFIXES``); a ``.txt`` file
     one text per non-empty line; a ``.jsonl`` file one per line (a JSON string, or an object with
-    a ``text`` field); any other file is one text. With ``lines`` > 0, texts longer than that
-    many lines are cut into pieces of ``lines`` lines.
+    a ``text`` field; ``FILE.jsonl:label=1,split=train`` keeps the objects whose fields have those
+    values); any other file is one text. With ``lines`` > 0, texts longer than that many lines are
+    cut into pieces of ``lines`` lines; with ``limit`` > 0, at most that many are kept (a seeded
+    sample, in their original order).
     """
     texts: list[str] = []
     for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
+        path, where = _jsonl_filter(str(raw))
+        if where is not None:
+            texts += _jsonl_texts(path, where)
+        elif path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
             texts += [t for t in (_read(p) for p in files) if t.strip()]
         elif path.is_file():
@@ -73,7 +79,26 @@ def read_texts(paths: Sequence[str | Path], lines: int = 0) -> list[str]:
         raise DiscoveryError(f"no texts found in {', '.join(map(str, paths))}")
     if lines > 0:
         texts = [piece for t in texts for piece in _pieces(t, lines)]
+    if 0 < limit < len(texts):
+        keep = sorted(random.Random(seed).sample(range(len(texts)), limit))
+        texts = [texts[i] for i in keep]
     return texts
+
+
+def _jsonl_filter(raw: str) -> tuple[Path, dict[str, str] | None]:
+    """``FILE.jsonl:k=v,k2=v2`` -> (FILE.jsonl, {k: v, k2: v2}); anything else -> (path, None)."""
+    head, sep, tail = raw.rpartition(":")
+    if not sep or not head.endswith(".jsonl") or "=" not in tail or Path(raw).exists():
+        return Path(raw), None
+    where = {}
+    for cond in tail.split(","):
+        key, eq, value = cond.partition("=")
+        if not eq or not key:
+            raise DiscoveryError(f"{raw}: expected FILE.jsonl:key=value[,key=value...]")
+        where[key] = value
+    if not Path(head).is_file():
+        raise DiscoveryError(f"{head}: no such file or folder")
+    return Path(head), where
 
 
 def _pieces(text: str, lines: int) -> list[str]:
@@ -89,7 +114,7 @@ def _read(path: Path) -> str:
         raise DiscoveryError(f"{path}: cannot read ({exc})") from None
 
 
-def _jsonl_texts(path: Path) -> list[str]:
+def _jsonl_texts(path: Path, where: dict[str, str] | None = None) -> list[str]:
     out = []
     for n, line in enumerate(_read(path).splitlines(), start=1):
         if not line.strip():
@@ -98,6 +123,9 @@ def _jsonl_texts(path: Path) -> list[str]:
             item = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DiscoveryError(f"{path}:{n}: not JSON ({exc.msg})") from None
+        if where and not (isinstance(item, dict) and all(
+                str(item.get(k)) == v for k, v in where.items())):
+            continue
         text = item.get("text") if isinstance(item, dict) else item
         if not isinstance(text, str):
             raise DiscoveryError(f"{path}:{n}: expected a string or an object with 'text'")
@@ -306,7 +334,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def add_contrast_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--a", nargs="+", required=True, metavar="FILE_OR_DIR",
                    help="set A (the texts to find features for): files, folders, .txt lines, "
-                   ".jsonl")
+                   ".jsonl (FILE.jsonl:label=1 keeps objects with that field value)")
     p.add_argument("--b", nargs="+", required=True, metavar="FILE_OR_DIR",
                    help="set B (the contrast texts)")
     p.add_argument("--top", type=int, default=20)
@@ -316,6 +344,8 @@ def add_contrast_arguments(p: argparse.ArgumentParser) -> None:
                    help="a: features higher on A; both: either way")
     p.add_argument("--lines", type=int, default=0,
                    help="cut longer texts into pieces of this many lines (0: never)")
+    p.add_argument("--limit", type=int, default=0,
+                   help="at most this many texts per set, a seeded sample (0: all)")
     _add_common(p)
 
 
@@ -339,7 +369,8 @@ def _setup(args: argparse.Namespace) -> tuple[TextEncoder, SAE, FeatureCatalog |
 
 
 def run_contrast(args: argparse.Namespace, console: Console) -> None:
-    a, b = read_texts(args.a, args.lines), read_texts(args.b, args.lines)
+    a = read_texts(args.a, args.lines, args.limit)
+    b = read_texts(args.b, args.lines, args.limit)
     encoder, sae, catalog = _setup(args)
     scores = contrast(encoder, sae, a, b, top=args.top, pooling=args.pooling,
                       direction=args.direction, progress=not args.quiet)

@@ -98,8 +98,18 @@ def test_read_texts(tmp_path: Path) -> None:
     got = read_texts([tmp_path / "d", tmp_path / "lines.txt", tmp_path / "t.jsonl"])
     assert got == ["x = 1\n", "whole file\nis one text\n", "one", "two", "three", "four"]
     assert read_texts([tmp_path / "d"], lines=1) == ["x = 1\n", "whole file\n", "is one text\n"]
+    (tmp_path / "l.jsonl").write_text("".join(json.dumps({"text": f"t{i}", "label": i % 2,
+                                                           "split": "a"}) + "\n" for i in range(6)))
+    assert read_texts([f"{tmp_path / 'l.jsonl'}:label=1,split=a"]) == ["t1", "t3", "t5"]
+    with pytest.raises(DiscoveryError, match="no texts"):
+        read_texts([f"{tmp_path / 'l.jsonl'}:label=1,split=b"])
+    assert read_texts([tmp_path / "l.jsonl"], limit=2) == read_texts([tmp_path / "l.jsonl"],
+                                                                     limit=2)
+    assert len(read_texts([tmp_path / "l.jsonl"], limit=2)) == 2
     with pytest.raises(DiscoveryError, match="no such"):
         read_texts([tmp_path / "missing"])
+    with pytest.raises(DiscoveryError, match="no such"):
+        read_texts([f"{tmp_path / 'missing.jsonl'}:label=1"])
     (tmp_path / "bad.jsonl").write_text('{"label": 1}\n')
     with pytest.raises(DiscoveryError, match="bad.jsonl:1"):
         read_texts([tmp_path / "bad.jsonl"])
