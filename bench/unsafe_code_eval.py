@@ -223,15 +223,66 @@ def results_table(m: dict[str, Any]) -> Table:
                   f"{n['train']['clean']})")
     table.add_column("metric")
     table.add_column(f"SAE rule (feature {rule['feature']})", justify="right")
+    cols = [rule, probe]
+    if m.get("rule_any"):
+        table.add_column(f"SAE rule: any of {len(m['rule_any']['features'])} features",
+                         justify="right")
+        cols.append(m["rule_any"])
     table.add_column("linear probe (mean residual)", justify="right")
+    cols = [rule, *cols[2:], probe]
     rows = [("AUROC (held out)", "auroc", "{:.3f}"),
             ("recall at 1% FPR (held out)", "recall_at_1pct_fpr", "{:.1%}"),
             ("recall at the train threshold", "recall_at_train_threshold", "{:.1%}"),
             ("FPR at the train threshold", "fpr_at_train_threshold", "{:.1%}")]
-    table.add_row("AUROC (train)", f"{rule['train_auroc']:.3f}", f"{probe['train_auroc']:.3f}")
+    table.add_row("AUROC (train)", *(f"{c['train_auroc']:.3f}" for c in cols))
     for name, key, fmt in rows:
-        table.add_row(name, fmt.format(rule["heldout"][key]), fmt.format(probe["heldout"][key]))
+        table.add_row(name, *(fmt.format(c["heldout"][key]) for c in cols))
     return table
+
+
+def any_rule(train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor],
+             features: Sequence[int]) -> dict[str, Any] | None:
+    """An ``any`` rule over ``features`` (each bandit test's best one), set on the train split.
+
+    Every feature gets its threshold at the same rank ``k`` among the train negatives (sorted
+    descending); the largest ``k`` whose OR keeps the train FPR at 1% or below is used. For AUROC
+    the snippet's score is the largest over features of ``-log`` of the share of train negatives
+    at or above its activation (how unusual it is for clean code; ties broken by the activation).
+    """
+    feats, y = train
+    t_feats, t_y = test
+    idx = sorted(set(features))
+    if not idx:
+        return None
+    neg = feats[y == 0][:, idx].double()
+    ranked = neg.sort(dim=0, descending=True).values
+    best_k, best_t = 0, ranked[0]
+    for k in range(int(FPR * len(neg) + 1e-9) + 1):
+        t = ranked[k]
+        if float((neg > t).any(1).double().mean()) <= FPR:
+            best_k, best_t = k, t
+    asc = neg.sort(dim=0).values
+
+    def score(x: Tensor) -> Tensor:
+        x = x[:, idx].double()
+        ge = len(neg) - torch.searchsorted(asc.T.contiguous(), x.T.contiguous(), side="left").T
+        # Ties (e.g. everything above the largest train negative) broken by the activation.
+        tie = 1e-6 * torch.tanh(x / ranked[0].clamp_min(1e-6))
+        return (-torch.log((ge + 0.5) / (len(neg) + 1)) + tie).amax(1)
+
+    def fires(x: Tensor) -> Tensor:
+        return (x[:, idx].double() > best_t).any(1)
+
+    tr_s, te_s = score(feats), score(t_feats)
+    held = heldout_metrics(te_s[t_y == 1], te_s[t_y == 0], float("inf"))
+    held["recall_at_train_threshold"] = float(fires(t_feats[t_y == 1]).double().mean())
+    held["fpr_at_train_threshold"] = float(fires(t_feats[t_y == 0]).double().mean())
+    return {"features": [{"feature": f, "threshold": float(t)} for f, t in zip(idx, best_t,
+                                                                                   strict=True)],
+            "rank": best_k, "train_auroc": float(auroc(tr_s[y == 1], tr_s[y == 0])),
+            "train_recall_at_threshold": float(fires(feats[y == 1]).double().mean()),
+            "train_fpr_at_threshold": float(fires(feats[y == 0]).double().mean()),
+            "heldout": held}
 
 
 def bandit_name(test_id: str) -> str:
@@ -306,6 +357,28 @@ def per_test_table(rows: list[dict[str, Any]]) -> Table:
 
 # ---- outputs --------------------------------------------------------------------------------
 
+def any_rule_yaml(m: dict[str, Any]) -> str:
+    rule = m.get("rule_any")
+    if not rule:
+        return ""
+    names: dict[int, list[str]] = {}
+    for t in m["per_test"]:
+        names.setdefault(t["feature"], []).append(f"{t['test']} {t['name']}")
+    desc = (f"Python that bandit flags: any of {len(rule['features'])} SAE features, each the "
+            f"best on the train split for one bandit test, thresholds at a shared rank of the "
+            f"train negatives (train FPR {rule['train_fpr_at_threshold']:.1%}); held-out AUROC "
+            f"{rule['heldout']['auroc']:.3f}, recall at 1% FPR "
+            f"{rule['heldout']['recall_at_1pct_fpr']:.1%}")
+    lines = ["  - name: unsafe-code-any", f"    description: {json.dumps(desc)}",
+             "    severity: high", "    scope: generation", "    when:", "      any:"]
+    for f in rule["features"]:
+        note = f"  # {', '.join(names[f['feature']])}" if f["feature"] in names else ""
+        lines.append(f"        - {{feature: {f['feature']}, threshold: {f['threshold']:.6g}}}"
+                     f"{note}")
+    lines.append("    action: {type: block}")
+    return "\n".join(lines) + "\n"
+
+
 def rules_yaml(m: dict[str, Any], label: str) -> str:
     rule = m["rule"]
     about = f" ({label})" if label else ""
@@ -323,6 +396,7 @@ def rules_yaml(m: dict[str, Any], label: str) -> str:
         "    scope: generation\n"
         f"    when: {{feature: {rule['feature']}, threshold: {rule['threshold']:.6g}}}\n"
         "    action: {type: block}\n"
+        f"{any_rule_yaml(m)}"
         "policies:\n"
         "  - name: default\n"
         "    rules: [\"*\"]\n"
@@ -393,6 +467,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     m["per_test"] = per_test_features(
         (tr_f, labels(train_rows), [r.get("flagged", []) for r in train_rows]),
         (te_f, labels(test_rows), [r.get("flagged", []) for r in test_rows]))
+    m["rule_any"] = any_rule((tr_f, labels(train_rows)), (te_f, labels(test_rows)),
+                             [t["feature"] for t in m["per_test"]])
     catalog = load_catalog(args.sae, None, sae.d_sae)
     label = catalog.entries[m["rule"]["feature"]].label if (
         catalog and m["rule"]["feature"] in catalog.entries) else ""

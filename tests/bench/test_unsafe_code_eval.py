@@ -127,3 +127,24 @@ def test_missing_positives_is_an_error(tmp_path: Path) -> None:
     path.write_text(json.dumps({"id": "a", "text": "x", "label": 0, "split": "train"}) + "\n")
     with pytest.raises(SystemExit, match="needs both"):
         uce.load_split(path, "train", None, None, 0)
+
+
+def test_any_rule_covers_several_kinds_of_unsafe_code() -> None:
+    gen = torch.Generator().manual_seed(0)
+
+    def sample(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = torch.rand(n, 8, generator=gen) * (torch.rand(n, 8, generator=gen) < 0.2)
+        kind = torch.arange(n) % 4  # 0: pickle-like, 1: exec-like, 2-3: clean
+        feats[kind == 0, 2] += 2.0
+        feats[kind == 1, 6] += 2.0
+        return feats, (kind < 2).long()
+
+    (feats, y), (t_feats, t_y) = sample(400), sample(200)
+    got = uce.any_rule((feats, y), (t_feats, t_y), [2, 6, 2])
+    assert got is not None
+    assert [f["feature"] for f in got["features"]] == [2, 6]
+    assert got["train_fpr_at_threshold"] <= 0.01
+    assert got["heldout"]["auroc"] > 0.99 and got["heldout"]["recall_at_train_threshold"] > 0.95
+    single = uce.auroc(t_feats[t_y == 1, 2], t_feats[t_y == 0, 2])
+    assert float(single) < 0.8  # one feature sees half of the unsafe snippets
+    assert uce.any_rule((feats, y), (t_feats, t_y), []) is None
