@@ -355,6 +355,8 @@ def add_top_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=10, help="contexts shown")
     p.add_argument("--lines", type=int, default=40,
                    help="cut longer texts into pieces of this many lines (0: never)")
+    p.add_argument("--limit", type=int, default=0,
+                   help="at most this many texts, a seeded sample (0: all)")
     p.add_argument("--width", type=int, default=24, help="tokens shown each side")
     _add_common(p)
 
@@ -384,7 +386,7 @@ def run_contrast(args: argparse.Namespace, console: Console) -> None:
 
 
 def run_top(args: argparse.Namespace, console: Console) -> None:
-    texts = read_texts(args.corpus, args.lines)
+    texts = read_texts(args.corpus, args.lines, args.limit)
     encoder, sae, catalog = _setup(args)
     found = top(encoder, sae, texts, args.feature, n=args.n, progress=not args.quiet)
     if args.json:
