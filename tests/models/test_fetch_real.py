@@ -57,3 +57,55 @@ def test_smollm2_fetch_answers(models_dir: Path) -> None:
     assert marker["gguf_sha256"] == MODELS["smollm2-135m-instruct"].gguf_sha256
     out = generate_hf(result.folder, "def add(a, b):", max_new_tokens=8)
     assert out["new_tokens"] == 8 and out["completion"].strip()
+
+
+def test_gemma_with_the_shipped_sae_is_monitored_in_vllm(models_dir: Path,
+                                                         tmp_path: Path) -> None:
+    """The shipped SAE reads the live residual stream of Gemma inside vLLM: the rows the sidecar
+    receives give the same top features as HF's hidden states after the SAE's layer."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from latentguard.monitors.sae import load_sae
+    from tests.plugin.conftest import Rows
+    from tests.server.helpers import running_sidecar
+
+    folder = fetch_model("gemma-3-270m", models_dir, progress=False).folder
+    sae_dir = Path(__file__).resolve().parents[2] / "saes/gemma-3-270m/blocks.9.hook_resid_post"
+    sae = load_sae(sae_dir)
+    prompt = "import os\ndef run(cmd):\n    "
+    rows = Rows()
+    with running_sidecar(tmp_path / "d", sae_path=sae_dir,
+                         model_name=str(folder)) as sidecar:
+        sidecar.sidecar.runtime.taps.append(rows)
+        env = {"LATENTGUARD_SIDECAR": sidecar.target, "LATENTGUARD_SAE_PATH": str(sae_dir),
+               "VLLM_CPU_KVCACHE_SPACE": "1"}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            from vllm import LLM, SamplingParams
+
+            from latentguard.plugin.logits import LatentguardLogitsProcessor
+
+            llm = LLM(model=str(folder), enforce_eager=True, dtype="float32",
+                      max_model_len=512, logits_processors=[LatentguardLogitsProcessor])
+            out = llm.generate([prompt], SamplingParams(
+                max_tokens=6, temperature=0, extra_args={"latentguard_tag": "gemma"}),
+                use_tqdm=False)[0]
+            llm.llm_engine.engine_core.shutdown()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    ids = list(out.prompt_token_ids) + list(out.outputs[0].token_ids)[:-1]
+    assert sorted(rows.rows["gemma"]) == list(range(len(ids)))
+    got = torch.stack([rows.rows["gemma"][p] for p in range(len(ids))])
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = hf(torch.tensor([ids]), output_hidden_states=True).hidden_states[sae.layer + 1][0]
+    assert float((got - ref).abs().max() / ref.abs().max()) < 1e-3
+    top_got = sae.encode(got[1:]).topk(3, dim=-1).indices  # position 0 is BOS: not trained on
+    top_ref = sae.encode(ref[1:]).topk(3, dim=-1).indices
+    assert (top_got == top_ref).float().mean() > 0.95
