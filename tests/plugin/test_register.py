@@ -13,6 +13,10 @@ def fresh(monkeypatch: pytest.MonkeyPatch):
     for var in (*plugin.ACTIVATE, plugin.LATENTGUARD_DISABLE):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(plugin, "_registered", False)
+    # An LLM built earlier in this process (vLLM loads its plugins here too) may have armed it.
+    if _attach._handle is not None:
+        _attach._handle.remove()
+        _attach._handle = None
     yield
     if _attach._handle is not None:
         _attach._handle.remove()
