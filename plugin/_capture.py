@@ -54,8 +54,7 @@ def _steer_model(msg: common_pb2.Steer) -> Steer:
                  features=[{"feature": f.feature, "value": f.value} for f in msg.features])
 
 
-def _steer_proto(spec: dict[str, Any]) -> common_pb2.Steer:
-    s = Steer.model_validate(spec)
+def _steer_proto(s: Steer) -> common_pb2.Steer:
     return common_pb2.Steer(
         mode={v: k for k, v in _MODES.items()}[s.mode], tokens=s.tokens,
         preserve_norm=s.preserve_norm,
@@ -205,7 +204,7 @@ class Capture:
                     request_tag=t.tag, policy=t.policy, model=self.client.hello.model,
                     prompt_tokens=int(t.state.num_prompt_tokens))
                 if t.steer is not None:
-                    start.steer.CopyFrom(_steer_proto(t.steer.model_dump()))
+                    start.steer.CopyFrom(_steer_proto(t.steer))
                 started.append(start)
         return started, ended
 

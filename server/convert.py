@@ -6,8 +6,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from pydantic import ValidationError
 
-from latentguard.monitors.rules import Policy, Rule
+from latentguard.monitors.rules import Policy, Rule, Steer
+from latentguard.server.errors import InvalidArgument
 from latentguard.server.records import (
     AlertRecord,
     HitRecord,
@@ -67,6 +69,22 @@ def steer_dict(msg: common_pb2.Steer) -> dict[str, Any]:
     if msg.preserve_norm:
         d["preserve_norm"] = True
     return d
+
+
+def steer_model(msg: common_pb2.Steer, field: str, d_sae: int | None) -> Steer:
+    """A validated steer from the wire; InvalidArgument names the offending sub-field."""
+    try:
+        steer = Steer.model_validate(steer_dict(msg))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join([field, *(str(p) for p in err["loc"])])
+        raise InvalidArgument(f"{where}: {err['msg']}", field=where) from None
+    for i, f in enumerate(steer.features):
+        if d_sae is not None and f.feature >= d_sae:
+            where = f"{field}.features[{i}].feature"
+            raise InvalidArgument(f"{where}: {f.feature} out of range (d_sae {d_sae})",
+                                  field=where)
+    return steer
 
 
 def _condition_dict(msg: rules_pb2.Condition) -> dict[str, Any]:

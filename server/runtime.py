@@ -159,20 +159,22 @@ class MonitorRuntime:
         """Every policy as wire messages, with the built-in default when none has its name."""
         from latentguard.server.convert import policy_proto
 
-        policies = dict(self.policies)
-        default = self.settings.default_policy
-        if default not in policies:
-            policies[default] = BUILTIN_DEFAULT.model_copy(update={"name": default})
-        return [policy_proto(p) for p in policies.values()]
+        default = self.default_policy()
+        return [policy_proto(p) for p in {**self.policies, default.name: default}.values()]
+
+    def default_policy(self) -> Policy:
+        """The configured default policy; every enabled rule when the store has none by it."""
+        name = self.settings.default_policy
+        return self.policies.get(name) or BUILTIN_DEFAULT.model_copy(update={"name": name})
 
     def policy(self, name: str) -> Policy:
         """The named policy; unknown or empty names get the default policy."""
         if name and name in self.policies:
             return self.policies[name]
-        default = self.settings.default_policy
-        if name and name != default:
-            log.warning("unknown policy %r: using %r", name, default)
-        return self.policies.get(default, BUILTIN_DEFAULT)
+        default = self.default_policy()
+        if name and name != default.name:
+            log.warning("unknown policy %r: using %r", name, default.name)
+        return default
 
     async def close(self) -> None:
         await self.writer.close()

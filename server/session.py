@@ -120,13 +120,6 @@ class StreamSession:
                 raise InvalidArgument(f"finished[{i}].request_tag: unknown request "
                                       f"{end.request_tag!r}", field=f"finished[{i}].request_tag")
 
-    def _check_steer(self, steer: Steer, where: str) -> None:
-        sae = self.runtime.sae
-        for j, f in enumerate(steer.features):
-            if f.feature >= sae.d_sae:
-                raise InvalidArgument(f"{where}.features[{j}].feature: {f.feature} out of range "
-                                      f"(d_sae {sae.d_sae})", field=f"{where}.features[{j}]")
-
     # ---- the step -----------------------------------------------------------------------
 
     async def handle(self, step: monitor_pb2.StepBatch) -> monitor_pb2.StepVerdicts:
@@ -136,19 +129,10 @@ class StreamSession:
             raise FailedPrecondition("no SAE loaded: set LATENTGUARD_SAE_PATH")
         rows = decode_rows(step.rows, sae.d_in) if step.spans else torch.empty(0, sae.d_in)
         self._check(step, rows.shape[0])
-        starts = []
-        for i, s in enumerate(step.started):
-            steer = None
-            if s.HasField("steer"):
-                from latentguard.monitors.rules import Steer as SteerModel
-
-                try:
-                    steer = SteerModel.model_validate(convert.steer_dict(s.steer))
-                except Exception as exc:
-                    raise InvalidArgument(f"started[{i}].steer: {exc}",
-                                          field=f"started[{i}].steer") from None
-                self._check_steer(steer, f"started[{i}].steer")
-            starts.append((s, steer))
+        starts = [
+            (s, convert.steer_model(s.steer, f"started[{i}].steer", sae.d_sae)
+             if s.HasField("steer") else None)
+            for i, s in enumerate(step.started)]
         for s, steer in starts:
             self._open(s, steer)
         engine = self.runtime.engine
@@ -316,7 +300,5 @@ def _hit_record(hit: Any) -> HitRecord:
     return HitRecord(
         rule=hit.rule, severity=hit.severity, action=hit.action.type, position=hit.position,
         score=float(hit.score), explanation=hit.explanation,
-        evidence=[Evidence(signal=e[0], position=e[1], value=float(e[2]))
-                  if isinstance(e, tuple) else Evidence(signal=e.signal, position=e.position,
-                                                        value=float(e.value))
+        evidence=[Evidence(signal=e.signal, position=e.position, value=float(e.value))
                   for e in hit.evidence])

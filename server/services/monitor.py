@@ -14,10 +14,8 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
-from pydantic import ValidationError
 
 from latentguard import __version__
-from latentguard.monitors.rules import Steer
 from latentguard.server import convert
 from latentguard.server.errors import (
     InvalidArgument,
@@ -114,20 +112,6 @@ class MonitorService(monitor_pb2_grpc.MonitorServicer):
             self._openai = OpenAIClient(settings.vllm_url, settings.model_name)
         return self._openai
 
-    def _steer_arg(self, msg: common_pb2.Steer) -> str:
-        try:
-            steer = Steer.model_validate(convert.steer_dict(msg))
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            field = "steer." + ".".join(str(p) for p in err["loc"])
-            raise InvalidArgument(f"{field}: {err['msg']}", field=field) from None
-        d_sae = self._runtime.sae.d_sae if self._runtime.sae is not None else None
-        for i, f in enumerate(steer.features):
-            if d_sae is not None and f.feature >= d_sae:
-                raise InvalidArgument(f"steer.features[{i}].feature: {f.feature} out of range "
-                                      f"(d_sae {d_sae})", field=f"steer.features[{i}].feature")
-        return steer.model_dump_json()
-
     async def _pump(self, watcher: Watcher, **kwargs: Any) -> None:
         """Feeds vLLM's streamed chunks into the watcher, then ("http_done", error)."""
         error: Exception | None = None
@@ -221,7 +205,9 @@ class MonitorService(monitor_pb2_grpc.MonitorServicer):
         if request.policy:
             xargs["latentguard_policy"] = request.policy
         if request.HasField("steer"):
-            xargs["latentguard_steer"] = self._steer_arg(request.steer)
+            d_sae = self._runtime.sae.d_sae if self._runtime.sae is not None else None
+            xargs["latentguard_steer"] = convert.steer_model(
+                request.steer, "steer", d_sae).model_dump_json()
         params: dict[str, Any] = {"max_tokens": request.max_tokens or 64,
                                   "temperature": request.temperature}
         if request.seed:

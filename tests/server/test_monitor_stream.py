@@ -231,3 +231,18 @@ def test_garbage_and_oversized_messages_leave_the_server_up(tmp_path: Path) -> N
             stub.Inspect(monitor_pb2.InspectRequest(text="hi"))
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "no model is attached" in err.value.details()
+
+
+def test_a_request_asking_for_an_impossible_steer_is_refused(sidecar) -> None:
+    drive = StreamDriver(sidecar.channel())
+    drive.hello()
+    steer = common_pb2.Steer(mode=common_pb2.STEER_MODE_ADD,
+                             features=[common_pb2.SteerFeature(feature=D_SAE, value=1.0)])
+    bad = drive.step(step=1, started=[start("s", steer=steer)])
+    assert bad.error.code == "INVALID_ARGUMENT"
+    assert bad.error.field == "started[0].steer.features[0].feature"
+    no_features = drive.step(step=2, started=[start("s", steer=common_pb2.Steer(
+        mode=common_pb2.STEER_MODE_CLAMP))])
+    assert no_features.error.field == "started[0].steer.features"
+    assert drive.step(step=3, started=[start("s")]).verdicts.step == 3
+    drive.close()
