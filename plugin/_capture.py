@@ -246,6 +246,7 @@ class Capture:
         ids = self._ids[:total].tolist() if self._ids is not None else [0] * total
 
         spans, sync, wait_ms = [], [], 0
+        row0 = 0  # next row of the tensor sent
         send_rows = []
         for i, rid in enumerate(req_ids):
             t = self.tracked[rid]
@@ -256,7 +257,6 @@ class Capture:
             if hi <= lo:
                 continue
             n_prompt = int(t.state.num_prompt_tokens)
-            row0 = sum(len(s.positions) for s in spans)
             # Split at the prompt boundary so each span is all prompt or all generated rows.
             cut = lo + max(0, min(hi - lo, n_prompt - positions[lo]))
             for a, b, prefill in ((lo, cut, True), (cut, hi, False)):
