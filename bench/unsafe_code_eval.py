@@ -1,4 +1,4 @@
-"""Evaluate the "unsafe code" rule (one SAE feature) against a linear probe, on held-out snippets.
+"""Evaluate the "unsafe code" rules (SAE features, linear probes) on held-out snippets.
 
     .venv/bin/python bench/unsafe_code_eval.py --model ~/.cache/latentguard/models/gemma-3-270m \
         --sae saes/gemma-3-270m/blocks.9.hook_resid_post --layer 9 \
@@ -6,22 +6,24 @@
 
 The data set comes from ``bench/unsafe_code_data.py`` (stdlib functions labelled by bandit, split
 by source file). Each snippet goes through the model, cut after ``--layer``, with a BOS in front
-(its row left out) and at most ``--max-tokens`` tokens. Per snippet:
+(its row left out) and at most ``--max-tokens`` tokens. Each candidate is scored per snippet
+exactly as a rule would see it:
 
-- the SAE rule's value is the **max over tokens** of a feature: exactly what a rule
-  ``{feature: F, threshold: T}`` (no window) sees when it fires on any token above ``T``;
-- the probe reads the **mean residual** over tokens: a linear probe of it is the mean of the
-  per-token probe scores, so a rule ``{probe: unsafe-code, window: {agg: mean}}`` sees it.
+- one SAE feature: the **max over tokens** (a rule ``{feature: F, threshold: T}``, no window,
+  fires on any token above ``T``); the best one on the train split is the feature rule, and an
+  ``any`` rule ORs the best feature of each bandit test;
+- a linear probe of the **mean residual** (a rule ``{probe: P, window: {agg: mean}}``);
+- a per-token linear probe, **max over tokens** (a rule ``{probe: P, threshold: T}``), trained
+  through a smooth maximum (``latentguard.monitors.probe_fit``): the shipped ``unsafe-code``
+  probe.
 
-On the train split the feature with the best AUROC is the rule, with its threshold at the train
-negatives' 1%-FPR point; the probe is an L2-regularised logistic regression (plain torch, LBFGS)
-on standardised features (the penalty chosen by cross-validation on the train split, folds by
-source file), folded back to a direction and a bias, thresholded the same way.
-On the held-out split both get AUROC, recall at 1% FPR (threshold set on the held-out negatives)
-and the recall and FPR of the threshold chosen on train (what a deployed rule would do).
-Outputs in ``--out``: ``metrics.json``, ``rules.yaml`` (or ``--rules-out``), the probe
-(``probes/unsafe-code.{json,safetensors}``, or ``--probe-out``) and a catalog entry for the chosen
-feature (``features.json``, to merge into the SAE's catalog).
+Thresholds sit at the train negatives' 1%-FPR point; probe penalties are chosen by
+cross-validation on the train split (folds by source file). On the held-out split each gets
+AUROC, recall at 1% FPR (threshold set on the held-out negatives) and the recall and FPR of the
+threshold chosen on train (what a deployed rule would do). Outputs in ``--out``:
+``metrics.json``, ``rules.yaml`` (or ``--rules-out``), the probe
+(``probes/unsafe-code.{json,safetensors}``, or ``--probe-out``) and catalog entries for the
+chosen features (``features.json``, to merge into the SAE's catalog).
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 from safetensors import safe_open
@@ -46,6 +47,13 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from latentguard.monitors.discovery import auroc, recall_at_fpr, threshold_at_fpr
+from latentguard.monitors.probe_fit import (
+    choose_l2,
+    fit_max_probe,
+    fit_mean_probe,
+    max_scores,
+    mean_scores,
+)
 from latentguard.monitors.probes import Probe, ProbeMeta
 from latentguard.monitors.rules import load_rule_pack
 from latentguard.server.discovery import TextEncoder, load_catalog, load_sae_for, progress_bar
@@ -111,42 +119,9 @@ def residual_rows(encoder: Callable[[], TextEncoder], texts: Sequence[str], what
 
 
 @torch.no_grad()
-def snippet_features(sae: Any, rows: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-    """(per-snippet max of every SAE feature [n, d_sae], mean residual [n, d_model])."""
-    feats = torch.stack([sae.encode(r).amax(0) for r in rows]).clone()
-    return feats, torch.stack([r.mean(0) for r in rows])
-
-
-# ---- probe ----------------------------------------------------------------------------------
-
-def train_probe(x: Tensor, y: Tensor, l2: float = 1e-2,
-                max_iter: int = 500) -> tuple[Tensor, float]:
-    """Logistic regression ``y ~ x`` (classes weighted equally): (direction [d], bias).
-
-    Fit on standardised features with an L2 penalty, then folded back so that the score is
-    ``x @ direction + bias`` (a logit) on raw residuals.
-    """
-    x, y = x.detach().clone().double(), y.detach().clone().double()
-    mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)
-    z = (x - mu) / sd
-    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
-    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    n_pos = float(y.sum())
-    pos_weight = torch.tensor((len(y) - n_pos) / n_pos, dtype=torch.float64)
-    opt = torch.optim.LBFGS([w, b], max_iter=max_iter, line_search_fn="strong_wolfe")
-
-    def closure() -> Tensor:
-        opt.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(z @ w + b, y, pos_weight=pos_weight)
-        loss = loss + l2 * w.square().sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
-    direction = (w / sd).detach()
-    bias = float(b.detach() - (mu / sd * w.detach()).sum())
-    return direction.float(), bias
+def snippet_features(sae: Any, rows: Sequence[Tensor]) -> Tensor:
+    """Per-snippet max of every SAE feature ``[n, d_sae]``."""
+    return torch.stack([sae.encode(r).amax(0) for r in rows]).clone()
 
 
 # ---- metrics --------------------------------------------------------------------------------
@@ -159,68 +134,52 @@ def heldout_metrics(pos: Tensor, neg: Tensor, train_threshold: float) -> dict[st
             "fpr_at_train_threshold": float((neg > train_threshold).double().mean())}
 
 
-def choose_l2(x: Tensor, y: Tensor, groups: Sequence[str], grid: Sequence[float],
-              folds: int = 3) -> tuple[float, dict[str, float | None]]:
-    """The L2 penalty with the best mean AUROC over ``folds`` folds split by source file."""
-    fold = torch.tensor([int(hashlib.sha256(g.encode()).hexdigest()[:8], 16) % folds
-                         for g in groups])
-    results: dict[str, float | None] = {}
-    for l2 in grid:
-        aucs = []
-        for k in range(folds):
-            fit, held = fold != k, fold == k
-            if not (y[fit].any() and (y[fit] == 0).any() and y[held].any()
-                    and (y[held] == 0).any()):
-                continue
-            direction, bias = train_probe(x[fit], y[fit], l2)
-            score = x[held] @ direction + bias
-            aucs.append(float(auroc(score[y[held] == 1], score[y[held] == 0])))
-        results[f"{l2:g}"] = sum(aucs) / len(aucs) if aucs else None
-    valid = {k: v for k, v in results.items() if v is not None}
-    if not valid:
-        return float(grid[len(grid) // 2]), results
-    return float(max(valid, key=lambda k: valid[k])), results
-
-
-def evaluate(train: tuple[Tensor, Tensor, Tensor], test: tuple[Tensor, Tensor, Tensor],
+def evaluate(train: tuple[Tensor, list[Tensor], Tensor],
+             test: tuple[Tensor, list[Tensor], Tensor],
              l2: float | Sequence[float], groups: Sequence[str] = ()) -> dict[str, Any]:
-    """Rule and probe chosen on ``train`` (feats, resid, labels), measured on ``test``."""
-    feats, resid, y = train
-    t_feats, t_resid, t_y = test
+    """Rule and probes chosen on ``train`` (per-snippet feature maxima, residual rows, labels),
+    measured on ``test``."""
+    feats, rows, y = train
+    t_feats, t_rows, t_y = test
     pos, neg, t_pos, t_neg = y == 1, y == 0, t_y == 1, t_y == 0
     scores = auroc(feats[pos], feats[neg])
     best = int(scores.argmax())
     rule_t = threshold_at_fpr(feats[neg, best], FPR)
     top = scores.argsort(descending=True)[:10]
     top_heldout = auroc(t_feats[t_pos][:, top], t_feats[t_neg][:, top])
-    cv: dict[str, float | None] = {}
-    if not isinstance(l2, float | int):
-        l2, cv = choose_l2(resid, y, groups, l2)
-    direction, bias = train_probe(resid, y, l2)
-    probe_train = resid @ direction + bias
-    probe_t = threshold_at_fpr(probe_train[neg], FPR)
-    probe_test = t_resid @ direction + bias
-    return {
+    means, t_means = [r.mean(0) for r in rows], [r.mean(0) for r in t_rows]
+    out: dict[str, Any] = {
         "rule": {"feature": best, "train_auroc": float(scores[best]), "threshold": rule_t,
                  "train_recall_at_threshold": float((feats[pos, best] > rule_t).double().mean()),
                  "heldout": heldout_metrics(t_feats[t_pos, best], t_feats[t_neg, best], rule_t)},
-        "probe": {"train_auroc": float(auroc(probe_train[pos], probe_train[neg])),
-                  "threshold": probe_t, "bias": bias, "l2": l2, "l2_cv_auroc": cv,
-                  "train_recall_at_threshold": float((probe_train[pos] > probe_t).double().mean()),
-                  "heldout": heldout_metrics(probe_test[t_pos], probe_test[t_neg], probe_t)},
         "top_features": [{"feature": int(f), "train_auroc": float(scores[f]),
                           "heldout_auroc": float(h)} for f, h in zip(top, top_heldout,
                                                                      strict=True)],
-        "_direction": direction,
     }
+    for key, fit, score, x, t_x in (("probe", fit_mean_probe, mean_scores, means, t_means),
+                                    ("probe_max", fit_max_probe, max_scores, rows, t_rows)):
+        cv: dict[str, float | None] = {}
+        penalty = l2
+        if not isinstance(penalty, float | int):
+            penalty, cv = choose_l2(fit, score, x, y, groups, penalty)
+        direction, bias = fit(x, y, penalty)
+        s_train, s_test = score(x, direction, bias), score(t_x, direction, bias)
+        t = threshold_at_fpr(s_train[neg], FPR)
+        out[key] = {"train_auroc": float(auroc(s_train[pos], s_train[neg])), "threshold": t,
+                    "bias": bias, "l2": penalty, "l2_cv_auroc": cv,
+                    "train_recall_at_threshold": float((s_train[pos] > t).double().mean()),
+                    "heldout": heldout_metrics(s_test[t_pos], s_test[t_neg], t),
+                    "_direction": direction}
+    return out
 
 
-def results_table(m: dict[str, Any]) -> Table:
-    rule, probe = m["rule"], m["probe"]
-    n = m["n"]
-    table = Table(title=f"unsafe code, held out: {n['heldout']['unsafe']} unsafe / "
-                  f"{n['heldout']['clean']} clean snippets (train {n['train']['unsafe']} / "
-                  f"{n['train']['clean']})")
+def results_table(m: dict[str, Any], what: str = "unsafe code",
+                  classes: tuple[str, str] = ("unsafe", "clean")) -> Table:
+    rule, probe, probe_max = m["rule"], m["probe"], m["probe_max"]
+    n, (one, zero) = m["n"], classes
+    table = Table(title=f"{what}, held out: {n['heldout'][one]} {one} / "
+                  f"{n['heldout'][zero]} {zero} (train {n['train'][one]} / "
+                  f"{n['train'][zero]})")
     table.add_column("metric")
     table.add_column(f"SAE rule (feature {rule['feature']})", justify="right")
     cols = [rule, probe]
@@ -229,7 +188,8 @@ def results_table(m: dict[str, Any]) -> Table:
                          justify="right")
         cols.append(m["rule_any"])
     table.add_column("linear probe (mean residual)", justify="right")
-    cols = [rule, *cols[2:], probe]
+    table.add_column("linear probe (max over tokens)", justify="right")
+    cols = [rule, *cols[2:], probe, probe_max]
     rows = [("AUROC (held out)", "auroc", "{:.3f}"),
             ("recall at 1% FPR (held out)", "recall_at_1pct_fpr", "{:.1%}"),
             ("recall at the train threshold", "recall_at_train_threshold", "{:.1%}"),
@@ -366,36 +326,48 @@ def any_rule_yaml(m: dict[str, Any]) -> str:
         names.setdefault(t["feature"], []).append(f"{t['test']} {t['name']}")
     desc = (f"Python that bandit flags: any of {len(rule['features'])} SAE features, each the "
             f"best on the train split for one bandit test, thresholds at a shared rank of the "
-            f"train negatives (train FPR {rule['train_fpr_at_threshold']:.1%}); held-out AUROC "
-            f"{rule['heldout']['auroc']:.3f}, recall at 1% FPR "
-            f"{rule['heldout']['recall_at_1pct_fpr']:.1%}")
+            f"train negatives (train FPR {rule['train_fpr_at_threshold']:.1%}); "
+            f"{_measured(rule)}")
     lines = ["  - name: unsafe-code-any", f"    description: {json.dumps(desc)}",
-             "    severity: high", "    scope: generation", "    when:", "      any:"]
+             "    severity: medium", "    scope: generation", "    when:", "      any:"]
     for f in rule["features"]:
         note = f"  # {', '.join(names[f['feature']])}" if f["feature"] in names else ""
         lines.append(f"        - {{feature: {f['feature']}, threshold: {f['threshold']:.6g}}}"
                      f"{note}")
-    lines.append("    action: {type: block}")
+    lines.append("    action: {type: alert}")
     return "\n".join(lines) + "\n"
 
 
+def _measured(m: dict[str, Any]) -> str:
+    held = m["heldout"]
+    return (f"held-out AUROC {held['auroc']:.3f}, recall {held['recall_at_train_threshold']:.1%}"
+            f" at FPR {held['fpr_at_train_threshold']:.1%} (train 1%-FPR threshold)")
+
+
 def rules_yaml(m: dict[str, Any], label: str) -> str:
-    rule = m["rule"]
+    rule, probe = m["rule"], m["probe_max"]
     about = f" ({label})" if label else ""
-    desc = (f"Python that bandit flags (medium severity or above): SAE feature "
-            f"{rule['feature']}{about} above its 1%-FPR point on the train split; held-out "
-            f"AUROC {rule['heldout']['auroc']:.3f}, recall at 1% FPR "
-            f"{rule['heldout']['recall_at_1pct_fpr']:.1%}")
+    probe_desc = (f"Python that bandit flags (medium severity or above): the {PROBE_NAME} "
+                  f"linear probe on any token above its 1%-FPR point on the train split; "
+                  f"{_measured(probe)}")
+    desc = (f"Python that bandit flags: SAE feature {rule['feature']}{about} above its "
+            f"1%-FPR point on the train split; {_measured(rule)}")
     text = (
         f"# Written by bench/unsafe_code_eval.py for the SAE {m['sae']} (layer {m['layer']});\n"
         f"# feature indices mean nothing with another SAE. Metrics: {m['out']}/metrics.json.\n"
         "rules:\n"
         "  - name: unsafe-code\n"
-        f"    description: {json.dumps(desc)}\n"
+        f"    description: {json.dumps(probe_desc)}\n"
         "    severity: high\n"
         "    scope: generation\n"
-        f"    when: {{feature: {rule['feature']}, threshold: {rule['threshold']:.6g}}}\n"
+        f"    when: {{probe: {PROBE_NAME}, threshold: {probe['threshold']:.6g}}}\n"
         "    action: {type: block}\n"
+        "  - name: unsafe-code-feature\n"
+        f"    description: {json.dumps(desc)}\n"
+        "    severity: medium\n"
+        "    scope: generation\n"
+        f"    when: {{feature: {rule['feature']}, threshold: {rule['threshold']:.6g}}}\n"
+        "    action: {type: alert}\n"
         f"{any_rule_yaml(m)}"
         "policies:\n"
         "  - name: default\n"
@@ -455,15 +427,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     tokens = sum(len(r) for rows in split_rows for r in rows)
     logger.info("%d snippets, %d tokens in %.0f s (%.0f tokens/s)", len(train_rows) +
                 len(test_rows), tokens, seconds, tokens / seconds)
-    (tr_f, tr_r), (te_f, te_r) = (snippet_features(sae, rows) for rows in split_rows)
+    tr_f, te_f = (snippet_features(sae, rows) for rows in split_rows)
 
     def labels(rows: list[dict[str, Any]]) -> Tensor:
         return torch.tensor([int(r["label"]) for r in rows])
 
     l2 = args.probe_l2[0] if len(args.probe_l2) == 1 else args.probe_l2
-    m = evaluate((tr_f, tr_r, labels(train_rows)), (te_f, te_r, labels(test_rows)), l2,
-                 [r["source"] for r in train_rows])
-    direction = m.pop("_direction")
+    m = evaluate((tr_f, split_rows[0], labels(train_rows)),
+                 (te_f, split_rows[1], labels(test_rows)), l2, [r["source"] for r in train_rows])
+    direction = m["probe_max"].pop("_direction")
+    m["probe"].pop("_direction")
     m["per_test"] = per_test_features(
         (tr_f, labels(train_rows), [r.get("flagged", []) for r in train_rows]),
         (te_f, labels(test_rows), [r.get("flagged", []) for r in test_rows]))
@@ -487,9 +460,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     rules_path.parent.mkdir(parents=True, exist_ok=True)
     rules_path.write_text(rules_yaml(m, label), encoding="utf-8")
     probe = Probe(ProbeMeta(
-        name=PROBE_NAME, bias=m["probe"]["bias"], threshold=m["probe"]["threshold"],
-        layer=layer, description="logistic regression on the mean residual of bandit-labelled "
-        "snippets (score: a logit); average it over a window (agg: mean)"), direction)
+        name=PROBE_NAME, bias=m["probe_max"]["bias"], threshold=m["probe_max"]["threshold"],
+        layer=layer, description="per-token logistic probe of bandit-labelled Python, trained "
+        "on each snippet's max over tokens (score: a logit); use it without a window, a token "
+        "above the threshold flags the text (bench/unsafe_code_eval.py)"), direction)
     probe.save(args.probe_out or args.out / "probes")
     (args.out / "features.json").write_text(json.dumps(
         {"features": catalog_entries(m, label)}, indent=2) + "\n", encoding="utf-8")

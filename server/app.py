@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from latentguard.monitors.rules import load_rule_pack
 from latentguard.server.auth import Authenticator, AuthInterceptor
 from latentguard.server.config import Settings
-from latentguard.server.runtime import MonitorRuntime
+from latentguard.server.runtime import MonitorRuntime, sae_rules_file
 from latentguard.server.services.features import FeaturesService
 from latentguard.server.services.monitor import MonitorService
 from latentguard.server.services.rules import RulesService
@@ -76,8 +76,9 @@ class Sidecar:
             url, s.data_dir, prefix=s.redis_prefix,
             retention=timedelta(days=s.trace_retention_days), alert_maxlen=s.alert_stream_maxlen,
         )
-        if s.rules_file is not None:
-            await self._apply_rules_file(Path(s.rules_file))
+        rules_file = s.rules_file or sae_rules_file(s.sae_path)
+        if rules_file is not None:
+            await self._apply_rules_file(Path(rules_file))
         self.runtime = await MonitorRuntime.create(s, self.store, self.telemetry)
         self._tasks.append(asyncio.create_task(self.store.watch_changes(self.runtime.on_change)))
 

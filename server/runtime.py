@@ -24,6 +24,16 @@ BUILTIN_DEFAULT = Policy(name="default", description="every enabled rule", rules
 
 CATALOG_FILES = ("features.json", "features.yaml", "features.yml")
 PROBES_DIR = "probes"
+RULES_FILE = "rules.yaml"
+"""An SAE folder's default rule pack, applied at start when no rules file is configured."""
+
+
+def sae_rules_file(sae_path: Path | None) -> Path | None:
+    """The rule pack that ships beside an SAE (``<sae folder>/rules.yaml``), if any."""
+    if sae_path is None:
+        return None
+    folder = Path(sae_path) if Path(sae_path).is_dir() else Path(sae_path).parent
+    return folder / RULES_FILE if (folder / RULES_FILE).is_file() else None
 
 
 class Watcher(asyncio.Queue[tuple[Any, ...]]):

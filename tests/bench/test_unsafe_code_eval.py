@@ -46,21 +46,30 @@ def test_eval_end_to_end(data: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
                      "--heldout-max", "3", "3"]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["n"] == {"train": {"unsafe": 3, "clean": 4}, "heldout": {"unsafe": 3, "clean": 3}}
-    for who in ("rule", "probe"):
+    for who in ("rule", "probe", "probe_max"):
         for key, value in m[who]["heldout"].items():
             if not key.startswith("threshold"):
                 assert 0.0 <= value <= 1.0, (who, key, value)
         assert 0.0 <= m[who]["train_auroc"] <= 1.0
     assert m["probe"]["train_auroc"] == 1.0  # 64 dimensions, 7 points: separable
     assert set(m["probe"]["l2_cv_auroc"]) == {"0.0001", "0.001", "0.01", "0.1", "1"}
+    assert set(m["probe_max"]["l2_cv_auroc"]) == set(m["probe"]["l2_cv_auroc"])
     pack = load_rule_pack((out / "rules.yaml").read_text())
-    signal = pack.rules[0].when.signal
-    assert pack.rules[0].name == "unsafe-code" and signal is not None
-    assert signal.feature == m["rule"]["feature"]
-    assert signal.threshold == pytest.approx(m["rule"]["threshold"], rel=1e-5)
+    rules = {r.name: r for r in pack.rules}
+    probe_rule, feature_rule = rules["unsafe-code"], rules["unsafe-code-feature"]
+    assert probe_rule.when.signal is not None and feature_rule.when.signal is not None
+    assert probe_rule.action.type == "block" and feature_rule.action.type == "alert"
+    assert probe_rule.when.signal.probe == "unsafe-code"
+    assert probe_rule.when.signal.window is None  # max over tokens: any token above it
+    assert probe_rule.when.signal.threshold == pytest.approx(m["probe_max"]["threshold"],
+                                                             rel=1e-5)
+    assert feature_rule.when.signal.feature == m["rule"]["feature"]
+    assert feature_rule.when.signal.threshold == pytest.approx(m["rule"]["threshold"], rel=1e-5)
     probes = ProbeSet.load(out / "probes", d_in=64)
     assert probes.names == ["unsafe-code"]
-    assert probes.probe("unsafe-code").meta.layer == 1
+    probe = probes.probe("unsafe-code")
+    assert probe.meta.layer == 1
+    assert probe.meta.bias == pytest.approx(m["probe_max"]["bias"])
     assert "SAE rule (feature" in capsys.readouterr().out
     catalog = FeatureCatalog.load(out / "features.json", d_sae=256)
     assert catalog.get(m["rule"]["feature"]).label == "unsafe Python code (bandit)"
@@ -103,23 +112,10 @@ def test_cached_rows_skip_the_model(data: Path, tmp_path: Path,
     monkeypatch.setattr(uce.TextEncoder, "load", no_model)
     assert uce.main([*args, "--out", str(tmp_path / "b")]) == 0
     first, second = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in "ab")
-    assert first["rule"] == second["rule"] and first["probe"] == second["probe"]
+    for key in ("rule", "probe", "probe_max"):
+        assert first[key] == second[key]
     with pytest.raises(AssertionError, match="despite the cache"):  # other settings: recompute
         uce.main([*args, "--out", str(tmp_path / "c"), "--max-tokens", "3"])
-
-
-def test_probe_separates_a_planted_direction() -> None:
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(200, 16, generator=gen) * 5 + 100  # large offset, like real residuals
-    y = (torch.arange(200) < 60).long()
-    x[y == 1, 3] += 20.0  # 4 standard deviations
-    direction, bias = uce.train_probe(x, y)
-    scores = x @ direction + bias
-    assert int(direction.abs().argmax()) == 3
-    assert float(((scores > 0).long() == y).double().mean()) > 0.95  # balanced at 0
-    l2, cv = uce.choose_l2(x, y, [f"f{i % 10}.py" for i in range(200)], [1e-3, 1e2])
-    assert set(cv) == {"0.001", "100"} and l2 in (1e-3, 1e2)
-    assert all(v is not None and 0.5 < v <= 1.0 for v in cv.values())
 
 
 def test_missing_positives_is_an_error(tmp_path: Path) -> None:

@@ -13,6 +13,8 @@ from latentguard.v1 import (
     common_pb2,
     monitor_pb2,
     monitor_pb2_grpc,
+    rules_pb2,
+    rules_pb2_grpc,
     traces_pb2,
     traces_pb2_grpc,
 )
@@ -246,3 +248,19 @@ def test_a_request_asking_for_an_impossible_steer_is_refused(sidecar) -> None:
     assert no_features.error.field == "started[0].steer.features"
     assert drive.step(step=3, started=[start("s")]).verdicts.step == 3
     drive.close()
+
+
+def test_the_rule_pack_beside_the_sae_is_applied_unless_a_rules_file_is_given(
+        tmp_path: Path) -> None:
+    sae = build_sae(tmp_path / "sae")
+    (sae / "rules.yaml").write_text(RULES)
+    other = tmp_path / "other.yaml"
+    other.write_text("rules:\n  - {name: only-this, when: {feature: 1, threshold: 2.0}}\n")
+
+    def names(**kw: object) -> set[str]:
+        with running_sidecar(tmp_path / f"d{len(kw)}", sae_path=sae, **kw) as s:
+            stub = rules_pb2_grpc.RulesStub(s.channel())
+            return {r.name for r in stub.ListRules(rules_pb2.ListRulesRequest()).rules}
+
+    assert names() == {"unsafe-code", "watch-5", "calm-down"}
+    assert names(rules_file=other) == {"only-this"}
