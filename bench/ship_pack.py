@@ -1,0 +1,88 @@
+"""Assemble an SAE folder's default rule pack from evaluation results.
+
+    .venv/bin/python bench/ship_pack.py --sae saes/gemma-3-270m/blocks.9.hook_resid_post \\
+        bench/results/unsafe-code-gemma-3-270m-l9 bench/results/deception-gemma-3-270m-l9
+
+Each results folder (from ``unsafe_code_eval.py`` or ``deception_eval.py``) brings its
+``rules.yaml`` rules, its ``probes/`` and its ``features.json`` catalog entries. The SAE folder
+gets ``rules.yaml`` (those rules, in order, plus a ``default`` policy with every rule in async
+mode and a ``strict`` one in sync mode that fails closed), ``probes/`` and ``features.json``
+(entries merged by feature index). The sidecar loads all three with the SAE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from latentguard.monitors.catalog import FeatureCatalog
+from latentguard.monitors.probes import ProbeSet
+from latentguard.monitors.rules import load_rule_pack
+from latentguard.monitors.sae import load_sae
+
+POLICIES = [
+    {"name": "default", "description": "every rule; verdicts never hold up a step",
+     "rules": ["*"], "mode": "async", "on_failure": "open"},
+    {"name": "strict", "description": "every rule; no token after a block, and blocked when "
+     "the sidecar is unreachable", "rules": ["*"], "mode": "sync", "on_failure": "closed",
+     "timeout_ms": 500},
+]
+
+
+def merge_catalog(entries: list[dict[str, Any]], new: list[dict[str, Any]]) -> None:
+    by_index = {e["index"]: e for e in entries}
+    for e in new:
+        old = by_index.get(e["index"])
+        if old is None:
+            entries.append(by_index.setdefault(e["index"], dict(e)))
+            continue
+        old["label"] = "; ".join(x for x in (old.get("label"), e.get("label")) if x)
+        old["tags"] = sorted(set(old.get("tags", [])) | set(e.get("tags", [])))
+        old["description"] = "\n".join(x for x in (old.get("description"),
+                                                   e.get("description")) if x)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sae", type=Path, required=True, help="SAE folder to write into")
+    p.add_argument("results", type=Path, nargs="+", help="evaluation results folders")
+    args = p.parse_args(argv)
+    sae = load_sae(args.sae)
+    rules: list[dict[str, Any]] = []
+    catalog: list[dict[str, Any]] = []
+    probes = args.sae / "probes"
+    if probes.exists():
+        shutil.rmtree(probes)
+    probes.mkdir()
+    header = [f"# Default rule pack of this SAE, assembled by bench/ship_pack.py from "
+              f"{', '.join(str(r) for r in args.results)};", "# the numbers in each description"
+              " come from those folders' metrics.json. Feature indices are this SAE's."]
+    for folder in args.results:
+        rules += yaml.safe_load((folder / "rules.yaml").read_text("utf-8"))["rules"]
+        for f in sorted((folder / "probes").glob("*")):
+            shutil.copy2(f, probes / f.name)
+        if (folder / "features.json").is_file():
+            merge_catalog(catalog, json.loads((folder / "features.json").read_text())["features"])
+    text = "\n".join(header) + "\n" + yaml.safe_dump(
+        {"rules": rules, "policies": POLICIES}, sort_keys=False, width=100, allow_unicode=True)
+    load_rule_pack(text, source="rules.yaml")
+    ProbeSet.load(probes, d_in=sae.d_in)
+    (args.sae / "rules.yaml").write_text(text, "utf-8")
+    out = args.sae / "features.json"
+    out.write_text(json.dumps({"features": sorted(catalog, key=lambda e: e["index"])},
+                              indent=2) + "\n", "utf-8")
+    FeatureCatalog.load(out, d_sae=sae.d_sae)
+    print(f"{len(rules)} rules, probes {ProbeSet.load(probes).names}, {len(catalog)} catalog "
+          f"entries written to {args.sae}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
