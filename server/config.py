@@ -42,7 +42,8 @@ LATENTGUARD_MAX_MESSAGE_MB = "LATENTGUARD_MAX_MESSAGE_MB"
 LATENTGUARD_TOP_K = "LATENTGUARD_TOP_K"
 #: Folder or file of the SAE to load (any format `latentguard.monitors` reads).
 LATENTGUARD_SAE_PATH = "LATENTGUARD_SAE_PATH"
-#: A YAML rule pack applied at start (rules and policies not yet in the store are added).
+#: A YAML rule pack applied at start (rules and policies not yet in the store are added);
+#: unset, the SAE folder's own `rules.yaml` is applied when it has one.
 LATENTGUARD_RULES_FILE = "LATENTGUARD_RULES_FILE"
 #: Policy of requests that name none.
 LATENTGUARD_DEFAULT_POLICY = "LATENTGUARD_DEFAULT_POLICY"
