@@ -15,7 +15,6 @@ probe and a ``deception-feature`` one on the best feature) and ``probes/deceptio
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -92,12 +91,7 @@ def rules_yaml(m: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="HF model folder")
-    p.add_argument("--sae", required=True, help="SAE folder")
-    p.add_argument("--layer", type=int, help="decoder layer (default: the SAE's)")
-    p.add_argument("--data", type=Path, required=True, help="JSONL from deception_data.py")
-    p.add_argument("--out", type=Path, required=True, help="results folder")
+    p = uce.eval_parser(__doc__, "JSONL from deception_data.py")
     p.add_argument("--batch", type=int, default=16, help="texts per model forward")
     p.add_argument("--probe-l2", type=float, nargs="+", default=[1e-3, 1e-2, 1e-1, 1.0],
                    help="L2 penalties tried by 3-fold cross-validation (folds by country)")

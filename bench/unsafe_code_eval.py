@@ -377,13 +377,19 @@ def rules_yaml(m: dict[str, Any], label: str) -> str:
     return text
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def eval_parser(doc: str, data_help: str) -> argparse.ArgumentParser:
+    """The arguments every evaluation here takes: model, SAE, layer, data and results folder."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--model", required=True, help="HF model folder")
     p.add_argument("--sae", required=True, help="SAE folder")
     p.add_argument("--layer", type=int, help="decoder layer (default: the SAE's)")
-    p.add_argument("--data", type=Path, required=True, help="JSONL from unsafe_code_data.py")
+    p.add_argument("--data", type=Path, required=True, help=data_help)
     p.add_argument("--out", type=Path, required=True, help="results folder")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = eval_parser(__doc__, "JSONL from unsafe_code_data.py")
     p.add_argument("--train-max", type=int, nargs=2, metavar=("UNSAFE", "CLEAN"),
                    help="at most this many train snippets of each label (seeded sample)")
     p.add_argument("--heldout-max", type=int, nargs=2, metavar=("UNSAFE", "CLEAN"))
