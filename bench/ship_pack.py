@@ -73,13 +73,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = "\n".join(header) + "\n" + yaml.safe_dump(
         {"rules": rules, "policies": POLICIES}, sort_keys=False, width=100, allow_unicode=True)
     load_rule_pack(text, source="rules.yaml")
-    ProbeSet.load(probes, d_in=sae.d_in)
+    probe_set = ProbeSet.load(probes, d_in=sae.d_in)
     (args.sae / "rules.yaml").write_text(text, "utf-8")
     out = args.sae / "features.json"
     out.write_text(json.dumps({"features": sorted(catalog, key=lambda e: e["index"])},
                               indent=2) + "\n", "utf-8")
     FeatureCatalog.load(out, d_sae=sae.d_sae)
-    print(f"{len(rules)} rules, probes {ProbeSet.load(probes).names}, {len(catalog)} catalog "
+    print(f"{len(rules)} rules, probes {probe_set.names}, {len(catalog)} catalog "
           f"entries written to {args.sae}")
     return 0
 

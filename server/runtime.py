@@ -28,11 +28,16 @@ RULES_FILE = "rules.yaml"
 """An SAE folder's default rule pack, applied at start when no rules file is configured."""
 
 
+def sae_folder(sae_path: Path) -> Path:
+    """The folder holding an SAE and what ships beside it (catalog, probes, rule pack)."""
+    return sae_path if sae_path.is_dir() else sae_path.parent
+
+
 def sae_rules_file(sae_path: Path | None) -> Path | None:
     """The rule pack that ships beside an SAE (``<sae folder>/rules.yaml``), if any."""
     if sae_path is None:
         return None
-    folder = Path(sae_path) if Path(sae_path).is_dir() else Path(sae_path).parent
+    folder = sae_folder(Path(sae_path))
     return folder / RULES_FILE if (folder / RULES_FILE).is_file() else None
 
 
@@ -80,7 +85,7 @@ class MonitorRuntime:
         from latentguard.monitors.sae import load_sae
 
         self.sae = load_sae(path)
-        folder = path if path.is_dir() else path.parent
+        folder = sae_folder(path)
         for name in CATALOG_FILES:
             if (folder / name).is_file():
                 from latentguard.monitors.catalog import FeatureCatalog
