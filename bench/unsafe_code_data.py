@@ -33,6 +33,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -104,8 +105,9 @@ def split_of(rel: str, heldout_percent: int) -> str:
     return "heldout" if bucket < heldout_percent else "train"
 
 
-def bandit_issues(texts: Sequence[str]) -> list[list[tuple[str, str]] | None]:
-    """bandit's (test id, severity) issues per text; None where bandit could not parse it.
+def bandit_results(texts: Sequence[str]) -> list[list[dict[str, Any]] | None]:
+    """bandit's JSON results (test_id, issue_severity, line_number, ...) per text; None where
+    bandit could not parse it.
 
     Runs one bandit process over a temporary folder holding one file per text.
     """
@@ -120,15 +122,20 @@ def bandit_issues(texts: Sequence[str]) -> list[list[tuple[str, str]] | None]:
         if proc.returncode != 0 or not report.is_file():
             raise RuntimeError(f"bandit failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
         data = json.loads(report.read_text(encoding="utf-8"))
-    issues: list[list[tuple[str, str]] | None] = [[] for _ in texts]
+    results: list[list[dict[str, Any]] | None] = [[] for _ in texts]
     for err in data.get("errors", []):
-        issues[int(Path(err["filename"]).stem[1:])] = None
+        results[int(Path(err["filename"]).stem[1:])] = None
     for res in data["results"]:
-        i = int(Path(res["filename"]).stem[1:])
-        found = issues[i]
+        found = results[int(Path(res["filename"]).stem[1:])]
         if found is not None:
-            found.append((res["test_id"], res["issue_severity"]))
-    return issues
+            found.append(res)
+    return results
+
+
+def bandit_issues(texts: Sequence[str]) -> list[list[tuple[str, str]] | None]:
+    """bandit's (test id, severity) issues per text; None where bandit could not parse it."""
+    return [None if found is None else [(r["test_id"], r["issue_severity"]) for r in found]
+            for found in bandit_results(texts)]
 
 
 def label(snippets: list[Snippet], min_severity: str = "MEDIUM") -> list[Snippet]:

