@@ -1,7 +1,6 @@
 """Plain vLLM against vLLM monitored by latentguard (async and sync), side by side in one run.
 
-    .venv/bin/python bench/serve_bench.py --model ~/.cache/latentguard/models/gemma-3-270m \\
-        --sae saes/gemma-3-270m/blocks.9.hook_resid_post --out bench/results/serve.json
+    .venv/bin/python bench/serve_bench.py     # make bench; Gemma 3 270M + the shipped SAE
 
 It serves the model twice through vLLM's OpenAI server (eager mode, fp32, same flags, same
 logits processor): once with the plugin off (`LATENTGUARD_DISABLE=1`), once with the plugin
@@ -58,6 +57,7 @@ from latentguard.server.launcher import LOGITS_PROCESSOR, http_ok, wait_until
 log = logging.getLogger("serve_bench")
 console = Console()
 
+SHIPPED_SAE = Path(__file__).resolve().parents[1] / "saes/gemma-3-270m/blocks.9.hook_resid_post"
 BLOCK_PROMPT = "import subprocess\ndef run(cmd):\n    return subprocess."
 BLOCK_RULE = "unsafe-code"
 
@@ -383,18 +383,27 @@ def report_table(result: dict[str, Any]) -> Table:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=Path, required=True, help="HF model folder")
-    p.add_argument("--sae", type=Path, required=True, help="SAE folder (with its rules.yaml)")
-    p.add_argument("--out", type=Path, required=True, help="results JSON")
+    p.add_argument("--model", type=Path,
+                   help="HF model folder (default: gemma-3-270m, fetched when not cached)")
+    p.add_argument("--sae", type=Path, default=SHIPPED_SAE,
+                   help="SAE folder with its rules.yaml (default: the shipped Gemma SAE)")
+    p.add_argument("--out", type=Path, default=Path("bench/results/serve-cpu.json"),
+                   help="results JSON")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--rounds", type=int, default=2,
                    help="requests per batch size = batch x rounds (at least 4)")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--block-copies", type=int, default=8)
     p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--ingest-steps", type=int, default=100,
+                   help="steps of the decode-like ingest stream (the prefill-like one: a fifth)")
     p.add_argument("--skip-plain", action="store_true", help="monitored runs only (profiling)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.model is None:
+        from latentguard.server.models import fetch_model
+
+        args.model = fetch_model("gemma-3-270m").folder
     sae = args.sae.resolve()
     work = args.out.parent / (args.out.stem + ".work")
     work.mkdir(parents=True, exist_ok=True)
@@ -434,7 +443,9 @@ def main(argv: list[str] | None = None) -> int:
                                   f"{r['sidecar_cores']:.2f} cores")
             result["block"] = block_latency(url, sidecar, args.block_copies, 32)
         console.print("sidecar ingest ...")
-        result["ingest"] = [ingest(sidecar, sae, 32, 100, 1), ingest(sidecar, sae, 4, 20, 256)]
+        steps = args.ingest_steps
+        result["ingest"] = [ingest(sidecar, sae, 32, steps, 1),
+                            ingest(sidecar, sae, 4, max(1, steps // 5), 256)]
     order = {m: i for i, m in enumerate(("plain", "async", "sync"))}
     result["throughput"] = sorted(rows, key=lambda r: (r["batch"], order[r["mode"]]))
     args.out.parent.mkdir(parents=True, exist_ok=True)

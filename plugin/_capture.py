@@ -128,7 +128,21 @@ class Capture:
         runner.model.register_forward_hook(capture._after_model)
         layers[capture.layer].register_forward_hook(capture._after_layer)
         cls.instance = capture
-        threading.Thread(target=capture._end_idle, name="latentguard-idle", daemon=True).start()
+        update = getattr(runner, "_update_states", None)
+        if callable(update):
+            # The scheduler names finished requests in the next step's input, and schedules
+            # a step with no tokens just for that when nothing else runs: the exact end of
+            # every request, with no guessing from time.
+            def _update_states(scheduler_output: Any, *args: Any, **kwargs: Any) -> Any:
+                capture.finished(getattr(scheduler_output, "finished_req_ids", None) or ())
+                return update(scheduler_output, *args, **kwargs)
+
+            runner._update_states = _update_states
+        else:
+            log.warning("latentguard: %s has no _update_states: request ends are inferred "
+                        "from idle time", type(runner).__name__)
+            threading.Thread(target=capture._end_idle, name="latentguard-idle",
+                             daemon=True).start()
         log.info("latentguard: capturing the residual stream after layer %d of %s",
                  capture.layer, type(runner.model).__name__)
         return capture
@@ -160,6 +174,22 @@ class Capture:
         except Exception:
             # vLLM never crashes because of the monitor: log, and requests continue.
             log.exception("latentguard: capture failed at step %d", self.step)
+
+    def finished(self, req_ids: Any) -> list[monitor_pb2.RequestEnd]:
+        """Reports the end of the requests vLLM says finished (before it forgets them)."""
+        if not req_ids:
+            return []
+        with self._lock:
+            ended = []
+            for rid in req_ids:
+                t = self.tracked.pop(rid, None)
+                if t is not None and t.generation == self.client.generation:
+                    ended.append(self._end(t))
+            if ended:
+                self.step += 1
+                self.client.send(monitor_pb2.StepBatch(step=self.step, finished=ended),
+                                 wait_s=None)
+            return ended
 
     def _end_idle(self) -> None:
         while True:

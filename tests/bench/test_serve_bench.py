@@ -79,3 +79,49 @@ def test_ingest_through_a_sidecar_process_stores_every_trace(sae: Path, tmp_path
                    for t in traces.values()), traces
         with pytest.raises(TimeoutError, match="no ended trace"):
             sidecar.traces(["never-sent"], timeout_s=1)
+
+
+ALWAYS = """\
+rules:
+- name: unsafe-code
+  severity: high
+  when: {feature: 3, threshold: -1.0}
+  action: {type: block}
+- name: other
+  when: {feature: 4, threshold: 0.5}
+"""
+
+
+@pytest.mark.timeout(900)
+def test_serve_bench_end_to_end_on_the_tiny_model(tmp_path: Path) -> None:
+    """The whole benchmark on the tiny model: two real vLLM servers, a sidecar process."""
+    import json
+    import socket
+
+    from latentguard.server.tinymodel import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "model")
+    sae = build_tiny_sae(tmp_path / "sae")
+    (sae / "rules.yaml").write_text(ALWAYS)  # the block rule fires on the first token
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "serve.json"
+    assert sb.main(["--model", str(model), "--sae", str(sae), "--out", str(out),
+                    "--batches", "1", "2", "--max-tokens", "6", "--block-copies", "2",
+                    "--port", str(port), "--ingest-steps", "5"]) == 0
+    r = json.loads(out.read_text())
+    rows = {(x["batch"], x["mode"]): x for x in r["throughput"]}
+    assert set(rows) == {(b, m) for b in (1, 2) for m in ("plain", "async", "sync")}
+    for (b, mode), x in rows.items():
+        # ignore_eos: every request writes exactly --max-tokens tokens, in every mode.
+        assert x["tokens"] == x["requests"] * 6 and x["requests"] == max(4, 2 * b)
+        assert x["tokens_per_s"] > 0 and x["tpot_p50_ms"] > 0
+        if mode != "plain":
+            assert x["sidecar_cpu_s"] > 0 and x["sidecar_peak_rss_mb"] > 50
+            assert x["ratio"] == pytest.approx(x["tokens_per_s"] / rows[b, "plain"]["tokens_per_s"])
+    block = r["block"]
+    assert block["sync"]["blocked"] == 2 and block["sync"]["tokens_after_trigger_max"] == 0
+    assert block["async"]["blocked"] == 2 and block["async"]["tokens_after_trigger_max"] <= 1
+    assert [i["rows"] for i in r["ingest"]] == [32 * 5, 4 * 1 * 256]
+    assert 0 < r["encode"]["fraction"] <= 1.5

@@ -1,4 +1,4 @@
-"""When the worker reports that requests ended although vLLM sends no step to say so.
+"""How the worker learns that requests ended: the scheduler's finished ids, idle time as a fallback.
 
 Pure unit test of Capture's idle logic: the runner and the sidecar client are stand-ins.
 """
@@ -62,3 +62,14 @@ def test_an_idle_engine_ends_what_it_tracks_once() -> None:
         [("t", "stop", 2)]
     assert len(c.client.sent) == 1 and c.client.sent[0].finished[0].request_tag == "t"
     assert c.end_if_idle() == [] and not c.tracked
+
+
+def test_the_schedulers_finished_ids_end_requests_exactly() -> None:
+    c = capture()
+    c.tracked["q"] = Tracked(rid="q", tag="u", policy="", generation=1, state=SimpleNamespace(
+        output_token_ids=[7, 8, 9], sampling_params=SimpleNamespace(max_tokens=3)))
+    assert c.finished(set()) == [] and not c.client.sent
+    ended = c.finished({"q", "unknown"})
+    assert [(e.request_tag, e.finish_reason, e.completion_tokens) for e in ended] == \
+        [("u", "length", 3)]
+    assert list(c.tracked) == ["r"] and len(c.client.sent) == 1
