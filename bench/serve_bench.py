@@ -32,6 +32,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -155,10 +156,11 @@ class Usage:
 
 @contextmanager
 def vllm_server(model: Path, env: dict[str, str], port: int, log_path: Path,
-                max_num_seqs: int) -> Iterator[subprocess.Popen[bytes]]:
+                max_num_seqs: int, max_model_len: int) -> Iterator[subprocess.Popen[bytes]]:
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
            "--served-model-name", "bench", "--enforce-eager", "--dtype", "float32",
-           "--max-model-len", "1024", "--max-num-seqs", str(max_num_seqs), "--port", str(port),
+           "--max-model-len", str(max_model_len), "--max-num-seqs", str(max_num_seqs),
+           "--port", str(port),
            "--logits-processors", LOGITS_PROCESSOR, "--seed", "0"]
     with log_path.open("wb") as out:
         proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=out,
@@ -393,10 +395,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2,
                    help="requests per batch size = batch x rounds (at least 4)")
     p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--max-model-len", type=int, default=1024)
     p.add_argument("--block-copies", type=int, default=8)
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--ingest-steps", type=int, default=100,
                    help="steps of the decode-like ingest stream (the prefill-like one: a fifth)")
+    p.add_argument("--work", type=Path, help="folder for logs and the sidecar's data "
+                   "(default: a new temporary folder, kept for reading the logs)")
     p.add_argument("--skip-plain", action="store_true", help="monitored runs only (profiling)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -405,8 +410,9 @@ def main(argv: list[str] | None = None) -> int:
 
         args.model = fetch_model("gemma-3-270m").folder
     sae = args.sae.resolve()
-    work = args.out.parent / (args.out.stem + ".work")
+    work = (args.work or Path(tempfile.mkdtemp(prefix="serve-bench-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    console.print(f"logs and sidecar data: {work}")
     url = f"http://127.0.0.1:{args.port}/v1/completions"
     prompts = stdlib_prompts(max(args.batches) * args.rounds)
     result: dict[str, Any] = {"model": str(args.model), "model_name": args.model.name,
@@ -419,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     if not args.skip_plain:
         with vllm_server(args.model, plugin_env(None), args.port, work / "vllm-plain.log",
-                         max(args.batches)):
+                         max(args.batches), args.max_model_len):
             for b in args.batches:
                 n = max(4, b * args.rounds)
                 plain[b] = run_load(url, prompts[:n], b, args.max_tokens, {}, f"plain-{b}", None)
@@ -429,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     with sidecar_process(work / "sidecar", sae=sae, rules=pack) as sidecar:
         usage = Usage(sidecar.pid)
         with vllm_server(args.model, plugin_env(sidecar, sae), args.port,
-                         work / "vllm-monitored.log", max(args.batches)):
+                         work / "vllm-monitored.log", max(args.batches), args.max_model_len):
             for b in args.batches:
                 n = max(4, b * args.rounds)
                 for mode in ("async", "sync"):

@@ -77,6 +77,7 @@ class SidecarProcess:
 def sidecar_process(data_dir: Path, *, sae: Path, rules: Path | None = None,
                     cpus: set[int] | None = None) -> Iterator[SidecarProcess]:
     """`latentguard serve` in its own process (pinned to `cpus` when given), stopped on exit."""
+    data_dir = data_dir.resolve()  # redis-server runs elsewhere: a relative socket path breaks
     data_dir.mkdir(parents=True, exist_ok=True)
     target = f"unix://{data_dir / 'lg.sock'}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LATENTGUARD_")}
