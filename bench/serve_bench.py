@@ -402,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="steps of the decode-like ingest stream (the prefill-like one: a fifth)")
     p.add_argument("--work", type=Path, help="folder for logs and the sidecar's data "
                    "(default: a new temporary folder, kept for reading the logs)")
+    p.add_argument("--sidecar-cpus", type=int, nargs="+",
+                   help="pin the sidecar to these cores (e.g. the one vLLM's OpenMP threads "
+                   "leave free: see VLLM_CPU_OMP_THREADS_BIND)")
     p.add_argument("--skip-plain", action="store_true", help="monitored runs only (profiling)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -417,7 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     prompts = stdlib_prompts(max(args.batches) * args.rounds)
     result: dict[str, Any] = {"model": str(args.model), "model_name": args.model.name,
                               "sae": str(args.sae), "machine": machine(),
-                              "max_tokens": args.max_tokens, "date": time.strftime("%Y-%m-%d")}
+                              "max_tokens": args.max_tokens, "date": time.strftime("%Y-%m-%d"),
+                              "sidecar_cpus": args.sidecar_cpus,
+                              "vllm_cpu_bind": os.environ.get("VLLM_CPU_OMP_THREADS_BIND")}
     console.print("SAE encode vs matmul ...")
     result["encode"] = encode_fraction(sae, 256, 2.0)
 
@@ -432,7 +437,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"mode": "plain", **plain[b]})
                 console.print(f"plain  batch {b}: {plain[b]['tokens_per_s']:.1f} tok/s")
     pack = bench_pack(sae / "rules.yaml", work / "bench-rules.yaml")
-    with sidecar_process(work / "sidecar", sae=sae, rules=pack) as sidecar:
+    with sidecar_process(work / "sidecar", sae=sae, rules=pack,
+                         cpus=set(args.sidecar_cpus) if args.sidecar_cpus else None) as sidecar:
         usage = Usage(sidecar.pid)
         with vllm_server(args.model, plugin_env(sidecar, sae), args.port,
                          work / "vllm-monitored.log", max(args.batches), args.max_model_len):
