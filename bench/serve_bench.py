@@ -130,19 +130,23 @@ class Usage:
                 pass
         return total
 
+    def _rss(self) -> None:
+        rss = 0
+        for p in self._tree():
+            try:
+                rss += p.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        self.peak_rss = max(self.peak_rss, rss)
+
     def _sample(self) -> None:
         while not self._stop.wait(0.2):
-            rss = 0
-            for p in self._tree():
-                try:
-                    rss += p.memory_info().rss
-                except psutil.NoSuchProcess:
-                    pass
-            self.peak_rss = max(self.peak_rss, rss)
+            self._rss()
 
     @contextmanager
     def measure(self) -> Iterator[Usage]:
         start = self._cpu()
+        self._rss()  # a run shorter than the sampling period still gets a reading
         self._stop.clear()
         thread = threading.Thread(target=self._sample, daemon=True)
         thread.start()
@@ -151,6 +155,7 @@ class Usage:
         finally:
             self._stop.set()
             thread.join()
+            self._rss()
             self.cpu_s = self._cpu() - start
 
 
