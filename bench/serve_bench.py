@@ -37,7 +37,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,14 +45,19 @@ from typing import Any
 import aiohttp
 import psutil
 import torch
-import yaml
 from rich.console import Console
 from rich.table import Table
 from sae_encode import rate
-from serving import SidecarProcess, plugin_env, sidecar_process
+from serving import (
+    SidecarProcess,
+    alerting,
+    plugin_env,
+    read_pack,
+    sidecar_process,
+    write_pack,
+)
 
-from latentguard.monitors.rules import load_rule_pack
-from latentguard.monitors.sae import load_sae
+from latentguard.monitors.sae import SAE, load_sae
 from latentguard.server.launcher import LOGITS_PROCESSOR, http_ok, wait_until
 
 log = logging.getLogger("serve_bench")
@@ -87,13 +92,10 @@ def stdlib_prompts(n: int) -> list[str]:
 def bench_pack(pack: Path, out: Path) -> Path:
     """The SAE's rule pack with every rule only alerting (policies bench-async, bench-sync),
     plus the real block rule under policies block-async and block-sync."""
-    text = pack.read_text(encoding="utf-8")
-    load_rule_pack(text, str(pack))
-    data = yaml.safe_load(text)
+    data = read_pack(pack)
     blocker = next(r for r in data["rules"] if r["name"] == BLOCK_RULE)
-    alerting = [{**r, "action": {"type": "alert"}} for r in data["rules"]]
-    names = [r["name"] for r in alerting]
-    data["rules"] = [*alerting, {**blocker, "name": f"{BLOCK_RULE}-block"}]
+    names = [r["name"] for r in data["rules"]]
+    data["rules"] = [*alerting(data["rules"]), {**blocker, "name": f"{BLOCK_RULE}-block"}]
     data["policies"] = [
         {"name": "bench-async", "rules": names, "mode": "async", "on_failure": "open"},
         {"name": "bench-sync", "rules": names, "mode": "sync", "on_failure": "open",
@@ -102,8 +104,7 @@ def bench_pack(pack: Path, out: Path) -> Path:
         {"name": "block-sync", "rules": [f"{BLOCK_RULE}-block"], "mode": "sync",
          "timeout_ms": 2000},
     ]
-    out.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    return out
+    return write_pack(data, out)
 
 
 # ---- processes ------------------------------------------------------------------------------
@@ -242,10 +243,7 @@ def run_load(url: str, prompts: list[str], batch: int, max_tokens: int,
              extra: dict[str, str], prefix: str, usage: Usage | None) -> dict[str, Any]:
     asyncio.run(_load(url, prompts[:batch], batch, 4, extra, f"{prefix}-warm"))
     t0 = time.perf_counter()
-    if usage is not None:
-        with usage.measure():
-            out = asyncio.run(_load(url, prompts, batch, max_tokens, extra, prefix))
-    else:
+    with usage.measure() if usage is not None else nullcontext():
         out = asyncio.run(_load(url, prompts, batch, max_tokens, extra, prefix))
     wall = time.perf_counter() - t0
     gaps = [b - a for s in out for a, b in zip(s.arrivals, s.arrivals[1:], strict=False)]
@@ -264,8 +262,7 @@ def run_load(url: str, prompts: list[str], batch: int, max_tokens: int,
 
 # ---- the parts ------------------------------------------------------------------------------
 
-def encode_fraction(sae_path: Path, batch: int, seconds: float) -> dict[str, Any]:
-    sae = load_sae(sae_path)
+def encode_fraction(sae: SAE, batch: int, seconds: float) -> dict[str, Any]:
     x = torch.randn(batch, sae.d_in) * 20
     idx = torch.arange(min(64, sae.d_sae))
     w = sae.W_enc.contiguous()
@@ -278,7 +275,7 @@ def encode_fraction(sae_path: Path, batch: int, seconds: float) -> dict[str, Any
             "threads": torch.get_num_threads()}
 
 
-def ingest(sidecar: SidecarProcess, sae_path: Path, requests: int, steps: int,
+def ingest(sidecar: SidecarProcess, sae: SAE, requests: int, steps: int,
            rows_per_request: int) -> dict[str, Any]:
     """Steps of `rows_per_request` rows for each of `requests` requests, sent over a real
     Monitor stream as the plugin sends them; the sidecar's CPU time over the whole stream."""
@@ -286,7 +283,6 @@ def ingest(sidecar: SidecarProcess, sae_path: Path, requests: int, steps: int,
 
     from latentguard.v1 import common_pb2, monitor_pb2, monitor_pb2_grpc
 
-    sae = load_sae(sae_path)
     g = torch.Generator().manual_seed(0)
     n = requests * rows_per_request
     rows = (torch.randn(n, sae.d_in, generator=g) * 20).numpy().tobytes()
@@ -358,17 +354,14 @@ def block_latency(url: str, sidecar: SidecarProcess, copies: int,
 
 
 def machine() -> dict[str, Any]:
-    cpu = "unknown"
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+        cpuinfo = ""
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
+                if line.startswith("model name")), "unknown")
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": psutil.virtual_memory().total / 1e9,
-            "avx512": " avx512f " in flags, "amx_bf16": " amx_bf16 " in flags,
+            "avx512": " avx512f " in cpuinfo, "amx_bf16": " amx_bf16 " in cpuinfo,
             "python": platform.python_version(), "torch": torch.__version__}
 
 
@@ -429,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
                               "sidecar_cpus": args.sidecar_cpus,
                               "vllm_cpu_bind": os.environ.get("VLLM_CPU_OMP_THREADS_BIND")}
     console.print("SAE encode vs matmul ...")
-    result["encode"] = encode_fraction(sae, 256, 2.0)
+    loaded = load_sae(sae)
+    result["encode"] = encode_fraction(loaded, 256, 2.0)
 
     plain: dict[int, dict[str, Any]] = {}
     rows: list[dict[str, Any]] = []
@@ -461,8 +455,8 @@ def main(argv: list[str] | None = None) -> int:
             result["block"] = block_latency(url, sidecar, args.block_copies, 32)
         console.print("sidecar ingest ...")
         steps = args.ingest_steps
-        result["ingest"] = [ingest(sidecar, sae, 32, steps, 1),
-                            ingest(sidecar, sae, 4, max(1, steps // 5), 256)]
+        result["ingest"] = [ingest(sidecar, loaded, 32, steps, 1),
+                            ingest(sidecar, loaded, 4, max(1, steps // 5), 256)]
     order = {m: i for i, m in enumerate(("plain", "async", "sync"))}
     result["throughput"] = sorted(rows, key=lambda r: (r["batch"], order[r["mode"]]))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -85,15 +86,15 @@ def sidecar_process(data_dir: Path, *, sae: Path, rules: Path | None = None,
                LATENTGUARD_SAE_PATH=str(sae), LATENTGUARD_LOG_LEVEL="WARNING")
     if rules is not None:
         env["LATENTGUARD_RULES_FILE"] = str(rules)
-    log = data_dir / "sidecar.log"
-    with log.open("wb") as out:
+    log_path = data_dir / "sidecar.log"
+    with log_path.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "latentguard.server.cli.main", "serve"],
                                 env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         if cpus:
             os.sched_setaffinity(proc.pid, cpus)
-        wait_until(lambda: grpc_serving(target), proc, f"the sidecar (log: {log})", 120)
-        yield SidecarProcess(proc=proc, target=target, log=log)
+        wait_until(lambda: grpc_serving(target), proc, f"the sidecar (log: {log_path})", 120)
+        yield SidecarProcess(proc=proc, target=target, log=log_path)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -114,13 +115,27 @@ def plugin_env(sidecar: SidecarProcess | None, sae: Path | None = None) -> dict[
     return env
 
 
-def observe_pack(pack: Path, out: Path, policy: str = "observe") -> Path:
-    """A copy of rule pack `pack` whose block and steer rules only alert, with one async policy
-    `policy` running all of them: monitoring that never changes what the model writes."""
-    data = yaml.safe_load(pack.read_text(encoding="utf-8"))
-    load_rule_pack(pack.read_text(encoding="utf-8"), str(pack))  # fail here on a bad pack
-    for rule in data.get("rules", []):
-        rule["action"] = {"type": "alert"}
-    data["policies"] = [{"name": policy, "rules": ["*"], "mode": "async", "on_failure": "open"}]
+def read_pack(pack: Path) -> dict[str, Any]:
+    """A rule pack's YAML as data, after checking that it is a valid pack."""
+    text = pack.read_text(encoding="utf-8")
+    load_rule_pack(text, str(pack))  # fail here, with file and line, on a bad pack
+    return yaml.safe_load(text)
+
+
+def alerting(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Copies of `rules` that only alert: monitoring that never changes what the model writes."""
+    return [{**rule, "action": {"type": "alert"}} for rule in rules]
+
+
+def write_pack(data: dict[str, Any], out: Path) -> Path:
     out.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return out
+
+
+def observe_pack(pack: Path, out: Path, policy: str = "observe") -> Path:
+    """A copy of rule pack `pack` whose block and steer rules only alert, with one async policy
+    `policy` running all of them."""
+    data = read_pack(pack)
+    data["rules"] = alerting(data.get("rules", []))
+    data["policies"] = [{"name": policy, "rules": ["*"], "mode": "async", "on_failure": "open"}]
+    return write_pack(data, out)

@@ -43,8 +43,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 from serving import observe_pack, plugin_env, sidecar_process
-from unsafe_code_data import SEVERITIES, bandit_issues, bandit_results
-from unsafe_code_eval import eval_parser
+from unsafe_code_data import at_least, bandit_issues, bandit_results
+from unsafe_code_eval import eval_parser, read_rows
 
 from latentguard.monitors.rules import Steer, load_rule_pack
 
@@ -80,32 +80,30 @@ def parseable(text: str) -> str | None:
 
 def flagged_tests(texts: Sequence[str | None]) -> list[list[str] | None]:
     """bandit's test ids at MIN_SEVERITY or above per text; None where there is nothing to judge."""
-    floor = SEVERITIES.index(MIN_SEVERITY)
     present = [i for i, t in enumerate(texts) if t is not None]
     found = bandit_issues([texts[i] for i in present])  # type: ignore[misc]
     out: list[list[str] | None] = [None] * len(texts)
     for i, issues in zip(present, found, strict=True):
         if issues is not None:
-            out[i] = sorted(t for t, sev in issues if SEVERITIES.index(sev) >= floor)
+            out[i] = sorted(t for t, sev in issues if at_least(sev, MIN_SEVERITY))
     return out
 
 
-def select_prompts(data: Path, per_label: int, seed: int) -> list[dict[str, Any]]:
+def select_prompts(rows: list[dict[str, Any]], per_label: int, seed: int
+                   ) -> list[dict[str, Any]]:
     """Held-out functions cut just before a line: for a flagged function the first line bandit
     flags (so the model writes that line again, or something else), for a clean one a body line
     at the same relative depth. Heads that bandit flags by themselves are dropped."""
-    rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines()]
     rng = random.Random(seed)
     unsafe = [r for r in rows if r["split"] == "heldout" and r["label"] == 1]
     clean = [r for r in rows if r["split"] == "heldout" and r["label"] == 0]
     rng.shuffle(unsafe)
     rng.shuffle(clean)
-    floor = SEVERITIES.index(MIN_SEVERITY)
     heads: list[dict[str, Any]] = []
     depths: list[float] = []
     for r, found in zip(unsafe, bandit_results([r["text"] for r in unsafe]), strict=True):
         lines = sorted(x["line_number"] for x in found or []
-                       if SEVERITIES.index(x["issue_severity"]) >= floor)
+                       if at_least(x["issue_severity"], MIN_SEVERITY))
         head = head_before(r["text"], lines[0]) if lines else None
         if head is not None:
             heads.append({"id": r["id"], "label": 1, "prompt": head, "cut": lines[0]})
@@ -124,8 +122,8 @@ def select_prompts(data: Path, per_label: int, seed: int) -> list[dict[str, Any]
     return chosen
 
 
-def perplexity_texts(data: Path, n: int, seed: int, exclude: set[str]) -> list[str]:
-    rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines()]
+def perplexity_texts(rows: list[dict[str, Any]], n: int, seed: int, exclude: set[str]
+                     ) -> list[str]:
     pool = [r["text"] for r in rows
             if r["split"] == "heldout" and r["label"] == 0 and r["id"] not in exclude]
     random.Random(seed + 1).shuffle(pool)
@@ -269,8 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     tags = next((f.get("tags", []) for f in catalog["features"] if f["index"] == feature), [])
     feature_test = next((t for t in tags if t[:1] == "B" and t[1:].isdigit()), "B301")
 
-    prompts = select_prompts(args.data, args.prompts, args.seed)
-    ppl = perplexity_texts(args.data, args.ppl_texts, args.seed, {x["id"] for x in prompts})
+    rows = read_rows(args.data)
+    prompts = select_prompts(rows, args.prompts, args.seed)
+    ppl = perplexity_texts(rows, args.ppl_texts, args.seed, {x["id"] for x in prompts})
     log.info("%d prompts, %d perplexity texts, feature %d (%s)", len(prompts), len(ppl),
              feature, feature_test)
     with tempfile.TemporaryDirectory(prefix="steering-eval-") as tmp:

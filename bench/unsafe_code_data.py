@@ -138,9 +138,13 @@ def bandit_issues(texts: Sequence[str]) -> list[list[tuple[str, str]] | None]:
             for found in bandit_results(texts)]
 
 
+def at_least(severity: str, min_severity: str = "MEDIUM") -> bool:
+    """Whether a bandit severity counts as unsafe (the data set's rule: medium and above)."""
+    return SEVERITIES.index(severity.upper()) >= SEVERITIES.index(min_severity.upper())
+
+
 def label(snippets: list[Snippet], min_severity: str = "MEDIUM") -> list[Snippet]:
     """Fill each snippet's bandit ids, severity and label; drop those bandit cannot parse."""
-    floor = SEVERITIES.index(min_severity.upper())
     kept = []
     for snip, found in zip(snippets, bandit_issues([s.text for s in snippets]), strict=True):
         if found is None:
@@ -148,9 +152,9 @@ def label(snippets: list[Snippet], min_severity: str = "MEDIUM") -> list[Snippet
             continue
         snip.bandit = sorted(t for t, _ in found)
         ranks = [SEVERITIES.index(sev) for _, sev in found]
-        snip.flagged = sorted(t for t, sev in found if SEVERITIES.index(sev) >= floor)
+        snip.flagged = sorted(t for t, sev in found if at_least(sev, min_severity))
         snip.severity = SEVERITIES[max(ranks)] if ranks else None
-        snip.label = int(bool(ranks) and max(ranks) >= floor)
+        snip.label = int(bool(snip.flagged))
         kept.append(snip)
     return kept
 

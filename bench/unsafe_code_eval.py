@@ -66,12 +66,16 @@ PROBE_NAME = "unsafe-code"
 
 # ---- data -----------------------------------------------------------------------------------
 
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Every record of a JSONL data set."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+
+
 def load_split(path: Path, split: str, max_pos: int | None, max_neg: int | None,
                seed: int) -> list[dict[str, Any]]:
     """The split's snippets: up to ``max_pos`` unsafe and ``max_neg`` clean (seeded sample)."""
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip()]
-    part = [r for r in rows if r["split"] == split]
+    part = [r for r in read_rows(path) if r["split"] == split]
     rng = random.Random(f"{seed}:{split}")
     chosen = []
     for label, limit in ((1, max_pos), (0, max_neg)):

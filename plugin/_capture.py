@@ -169,7 +169,6 @@ class Capture:
             self._ids = self.runner.input_ids.gpu
         try:
             with self._lock:
-                self._last_step = time.monotonic()
                 self._step(output, list(batch.req_ids[:n_reqs]), n_reqs)
         except Exception:
             # vLLM never crashes because of the monitor: log, and requests continue.
@@ -180,16 +179,8 @@ class Capture:
         if not req_ids:
             return []
         with self._lock:
-            ended = []
-            for rid in req_ids:
-                t = self.tracked.pop(rid, None)
-                if t is not None and t.generation == self.client.generation:
-                    ended.append(self._end(t))
-            if ended:
-                self.step += 1
-                self.client.send(monitor_pb2.StepBatch(step=self.step, finished=ended),
-                                 wait_s=None)
-            return ended
+            return self._send_ends([t for rid in req_ids
+                                    if (t := self.tracked.pop(rid, None)) is not None])
 
     def _end_idle(self) -> None:
         while True:
@@ -208,14 +199,18 @@ class Capture:
             if not self.tracked or self._in_forward \
                     or time.monotonic() - self._last_step < IDLE_END_S:
                 return []
-            ended = [self._end(t) for t in self.tracked.values()
-                     if t.generation == self.client.generation]
+            ended = list(self.tracked.values())
             self.tracked.clear()
-            if ended:
-                self.step += 1
-                self.client.send(monitor_pb2.StepBatch(step=self.step, finished=ended),
-                                 wait_s=None)
-            return ended
+            return self._send_ends(ended)
+
+    def _send_ends(self, requests: list[Tracked]) -> list[monitor_pb2.RequestEnd]:
+        """One step that only reports the end of `requests` (those the sidecar was told of
+        on the current connection); the caller holds the lock."""
+        ended = [self._end(t) for t in requests if t.generation == self.client.generation]
+        if ended:
+            self.step += 1
+            self.client.send(monitor_pb2.StepBatch(step=self.step, finished=ended), wait_s=None)
+        return ended
 
     # ---- one step -----------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from latentguard.monitors.rules import load_rule_pack
+from latentguard.monitors.sae import load_sae
 from latentguard.server.tinymodel import build_tiny_sae
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "bench"))
@@ -70,7 +71,7 @@ def test_plugin_env_turns_the_plugin_off_for_plain_vllm() -> None:
 def test_ingest_through_a_sidecar_process_stores_every_trace(sae: Path, tmp_path: Path) -> None:
     pack = sb.bench_pack(sae / "rules.yaml", tmp_path / "b.yaml")
     with sidecar_process(tmp_path / "sc", sae=sae, rules=pack) as sidecar:
-        got = sb.ingest(sidecar, sae, requests=4, steps=5, rows_per_request=3)
+        got = sb.ingest(sidecar, load_sae(sae), requests=4, steps=5, rows_per_request=3)
         assert got["rows"] == 60 and got["rows_per_s"] > 0
         assert got["sidecar_cpu_s"] > 0 and got["rows_per_s_per_core"] > 0
         traces = sidecar.traces([f"ingest-3-{i}" for i in range(4)], timeout_s=30)
