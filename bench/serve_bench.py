@@ -58,7 +58,7 @@ from serving import (
 )
 
 from latentguard.monitors.sae import SAE, load_sae
-from latentguard.server.launcher import LOGITS_PROCESSOR, http_ok, wait_until
+from latentguard.server.launcher import LOGITS_PROCESSOR, compiled_args, http_ok, wait_until
 
 log = logging.getLogger("serve_bench")
 console = Console()
@@ -162,9 +162,11 @@ class Usage:
 
 @contextmanager
 def vllm_server(model: Path, env: dict[str, str], port: int, log_path: Path,
-                max_num_seqs: int, max_model_len: int) -> Iterator[subprocess.Popen[bytes]]:
+                max_num_seqs: int, max_model_len: int, compiled: bool = False
+                ) -> Iterator[subprocess.Popen[bytes]]:
+    mode = compiled_args(gpu=torch.cuda.is_available()) if compiled else ["--enforce-eager"]
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-           "--served-model-name", "bench", "--enforce-eager", "--dtype", "float32",
+           "--served-model-name", "bench", *mode, "--dtype", "float32",
            "--max-model-len", str(max_model_len), "--max-num-seqs", str(max_num_seqs),
            "--port", str(port),
            "--logits-processors", LOGITS_PROCESSOR, "--seed", "0"]
@@ -362,13 +364,16 @@ def machine() -> dict[str, Any]:
                 if line.startswith("model name")), "unknown")
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": psutil.virtual_memory().total / 1e9,
             "avx512": " avx512f " in cpuinfo, "amx_bf16": " amx_bf16 " in cpuinfo,
-            "python": platform.python_version(), "torch": torch.__version__}
+            "python": platform.python_version(), "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
 # ---- report ---------------------------------------------------------------------------------
 
 def report_table(result: dict[str, Any]) -> Table:
-    t = Table(title=f"vLLM plain vs monitored ({result['model_name']}, {result['machine']['cpu']})")
+    where = result["machine"].get("gpu") or result["machine"]["cpu"]
+    how = "compiled" if result.get("compiled") else "eager"
+    t = Table(title=f"vLLM plain vs monitored ({result['model_name']}, {how}, {where})")
     for col in ("batch", "mode", "tokens/s", "vs plain", "TPOT p50 ms", "TPOT p99 ms",
                 "sidecar cores", "sidecar MB"):
         t.add_column(col, justify="right")
@@ -387,8 +392,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="HF model folder (default: gemma-3-270m, fetched when not cached)")
     p.add_argument("--sae", type=Path, default=SHIPPED_SAE,
                    help="SAE folder with its rules.yaml (default: the shipped Gemma SAE)")
-    p.add_argument("--out", type=Path, default=Path("bench/results/serve-cpu.json"),
-                   help="results JSON")
+    p.add_argument("--out", type=Path,
+                   help="results JSON (default: bench/results/serve-cpu.json, or "
+                   "serve-cpu-compiled.json with --compiled)")
+    p.add_argument("--compiled", action="store_true",
+                   help="serve vLLM's compiled model on both sides instead of eager mode (on "
+                   "GPUs with piecewise CUDA graphs that break at the monitor's tap)")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--rounds", type=int, default=2,
                    help="requests per batch size = batch x rounds (at least 4)")
@@ -405,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
                    "leave free: see VLLM_CPU_OMP_THREADS_BIND)")
     p.add_argument("--skip-plain", action="store_true", help="monitored runs only (profiling)")
     args = p.parse_args(argv)
+    if args.out is None:
+        args.out = Path("bench/results/serve-cpu-compiled.json" if args.compiled
+                        else "bench/results/serve-cpu.json")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.model is None:
         from latentguard.server.models import fetch_model
@@ -420,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
                               "sae": str(args.sae), "machine": machine(),
                               "max_tokens": args.max_tokens, "date": time.strftime("%Y-%m-%d"),
                               "sidecar_cpus": args.sidecar_cpus,
+                              "compiled": args.compiled,
                               "vllm_cpu_bind": os.environ.get("VLLM_CPU_OMP_THREADS_BIND")}
     console.print("SAE encode vs matmul ...")
     loaded = load_sae(sae)
@@ -429,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     if not args.skip_plain:
         with vllm_server(args.model, plugin_env(None), args.port, work / "vllm-plain.log",
-                         max(args.batches), args.max_model_len):
+                         max(args.batches), args.max_model_len, args.compiled):
             for b in args.batches:
                 n = max(4, b * args.rounds)
                 plain[b] = run_load(url, prompts[:n], b, args.max_tokens, {}, f"plain-{b}", None)
@@ -440,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
                          cpus=set(args.sidecar_cpus) if args.sidecar_cpus else None) as sidecar:
         usage = Usage(sidecar.pid)
         with vllm_server(args.model, plugin_env(sidecar, sae), args.port,
-                         work / "vllm-monitored.log", max(args.batches), args.max_model_len):
+                         work / "vllm-monitored.log", max(args.batches), args.max_model_len,
+                         args.compiled):
             for b in args.batches:
                 n = max(4, b * args.rounds)
                 for mode in ("async", "sync"):

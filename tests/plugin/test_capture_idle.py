@@ -40,21 +40,21 @@ def capture() -> Capture:
 
 def test_a_long_forward_is_not_idleness() -> None:
     c = capture()
-    c._before_model(None, (), {})  # a prefill step starts and runs long
+    c._before_model(None, ())  # a prefill step starts and runs long
     c._last_step -= 10 * _capture.IDLE_END_S
     assert c.end_if_idle() == [] and "r" in c.tracked and not c.client.sent
 
 
 def test_a_short_gap_between_forwards_is_not_idleness() -> None:
     c = capture()
-    c._before_model(None, (), {})
+    c._before_model(None, ())
     c._after_model(None, (), None)
     assert c.end_if_idle() == [] and "r" in c.tracked
 
 
 def test_an_idle_engine_ends_what_it_tracks_once() -> None:
     c = capture()
-    c._before_model(None, (), {})
+    c._before_model(None, ())
     c._after_model(None, (), None)
     c._last_step -= 2 * _capture.IDLE_END_S
     ended = c.end_if_idle()
