@@ -21,6 +21,7 @@ import torch
 
 from latentguard.monitors.rules import Steer
 from latentguard.plugin import _tap
+from latentguard.plugin._affinity import helper_cpus, move_current_thread
 from latentguard.plugin._client import SidecarClient
 from latentguard.plugin._settings import PluginSettings
 from latentguard.plugin._tap import check_compilation, key_compile_cache, wrap_layer
@@ -88,7 +89,8 @@ class Capture:
         hello = monitor_pb2.Hello(client="vllm-worker", model=str(model_config.model),
                                   hook_name=sae.hook_name if sae is not None else "",
                                   d_model=int(model_config.get_hidden_size()))
-        self.client = SidecarClient(settings, hello)
+        # Called on the model's thread, after vLLM bound it to its cores.
+        self.client = SidecarClient(settings, hello, cpus=helper_cpus(settings.cpus))
 
     # ---- attaching ----------------------------------------------------------------------
 
@@ -180,6 +182,7 @@ class Capture:
                                     if (t := self.tracked.pop(rid, None)) is not None])
 
     def _end_idle(self) -> None:
+        move_current_thread(self.client.cpus)
         while True:
             time.sleep(IDLE_END_S / 2)
             self.end_if_idle()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from latentguard.plugin._affinity import move_current_thread
 from latentguard.plugin._settings import PluginSettings
 from latentguard.v1 import monitor_pb2, monitor_pb2_grpc, rules_pb2
 
@@ -31,9 +32,12 @@ class _Waiter:
 
 
 class SidecarClient:
-    def __init__(self, settings: PluginSettings, hello: monitor_pb2.Hello) -> None:
+    def __init__(self, settings: PluginSettings, hello: monitor_pb2.Hello,
+                 cpus: set[int] | None = None) -> None:
         self.settings = settings
         self.hello = hello
+        self.cpus = cpus
+        """Cores for this client's thread and the gRPC threads it starts (None: inherit)."""
         self.ready: monitor_pb2.Ready | None = None
         self.policies: dict[str, rules_pb2.Policy] = {}
         self.default_policy = "default"
@@ -91,6 +95,7 @@ class SidecarClient:
             else ()
 
     def _run(self) -> None:
+        move_current_thread(self.cpus)  # before the channel: gRPC's threads inherit the mask
         backoff = 0.1
         while not self._closed.is_set():
             out: queue.Queue[monitor_pb2.MonitorMessage | None] = queue.Queue()

@@ -6,7 +6,9 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+
+from latentguard.plugin._affinity import parse_cpus
 
 
 def _default_target() -> str:
@@ -29,6 +31,16 @@ class PluginSettings(BaseModel):
     """Sync-mode wait when the policy does not say (LATENTGUARD_TIMEOUT_MS)."""
     connect_timeout_s: float = 10.0
     """How long attaching waits for the sidecar before going on without it."""
+    cpus: str = "auto"
+    """Cores for the plugin's threads (LATENTGUARD_PLUGIN_CPUS): 'auto' = the cores vLLM's
+    model threads are not bound to, 'inherit' = wherever they start, or a list like '1,3-4'."""
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpu_list(cls, value: str) -> str:
+        if value not in ("auto", "inherit"):
+            parse_cpus(value)  # raises with the expected format
+        return value
 
     @classmethod
     def from_env(cls) -> PluginSettings:
@@ -37,7 +49,8 @@ class PluginSettings(BaseModel):
         for field, var in (("target", "LATENTGUARD_SIDECAR"), ("token", "LATENTGUARD_TOKEN"),
                            ("sae_path", "LATENTGUARD_SAE_PATH"), ("layer", "LATENTGUARD_LAYER"),
                            ("on_failure", "LATENTGUARD_ON_FAILURE"),
-                           ("timeout_ms", "LATENTGUARD_TIMEOUT_MS")):
+                           ("timeout_ms", "LATENTGUARD_TIMEOUT_MS"),
+                           ("cpus", "LATENTGUARD_PLUGIN_CPUS")):
             if env.get(var):
                 values[field] = env[var]
         return cls.model_validate(values)
