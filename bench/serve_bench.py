@@ -3,13 +3,17 @@
     .venv/bin/python bench/serve_bench.py     # make bench; Gemma 3 270M + the shipped SAE
 
 It serves the model twice through vLLM's OpenAI server (eager mode, fp32, same flags, same
-logits processor): once with the plugin off (`LATENTGUARD_DISABLE=1`), once with the plugin
-attached to a sidecar process running the SAE and its rule pack (blocks turned into alerts, so
-every request writes the same number of tokens; policies `bench-async` and `bench-sync`). For
-each batch size (requests in flight) the same prompts (heads of stdlib functions), greedy,
-`ignore_eos`, `--max-tokens` each, are streamed; it reports output tokens/s, the ratio
-monitored / plain, p50 and p99 of the gaps between streamed tokens (time per output token), and
-the sidecar's CPU (cores busy) and peak memory.
+logits processor), both servers up at once: one with the plugin off (`LATENTGUARD_DISABLE=1`),
+one with the plugin attached to a sidecar process running the SAE and its rule pack (blocks
+turned into alerts, so every request writes the same number of tokens; policies `bench-async`
+and `bench-sync`). Only one server is loaded at a time (an idle one uses ~0.01 cores), and the
+runs interleave: for each batch size (requests in flight), `--repeats` times plain, async and
+sync back to back (the order reversed every other time), so the VM's drift over minutes falls
+on both sides alike. Each run streams the same prompts (heads of stdlib functions), greedy,
+`ignore_eos`, `--max-tokens` each; it reports output tokens/s, the ratio monitored / plain (the
+median of the per-repeat ratios, each against the plain run next to it), p50 and p99 of the
+gaps between streamed tokens (time per output token), and the sidecar's CPU (cores busy) and
+peak memory.
 
 It also measures, on the same machine:
 
@@ -30,6 +34,7 @@ import json
 import logging
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -386,6 +391,52 @@ def report_table(result: dict[str, Any]) -> Table:
     return t
 
 
+def interleaved(args: argparse.Namespace, prompts: list[str], plain_url: str,
+                monitored_url: str, usage: Usage) -> list[dict[str, Any]]:
+    """Per batch size, `args.repeats` x (plain, async, sync), order reversed every other time;
+    one row per mode with the median tokens/s and the median of the per-repeat ratios."""
+    rows: list[dict[str, Any]] = []
+    modes = ("async", "sync") if args.skip_plain else ("plain", "async", "sync")
+    for b in args.batches:
+        n = max(4, b * args.rounds)
+        runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+        for r in range(args.repeats):
+            for mode in (modes if r % 2 == 0 else modes[::-1]):
+                if mode == "plain":
+                    run = run_load(plain_url, prompts[:n], b, args.max_tokens, {},
+                                   f"plain-{b}-{r}", None)
+                else:
+                    run = run_load(monitored_url, prompts[:n], b, args.max_tokens,
+                                   {"latentguard_policy": f"bench-{mode}"}, f"{mode}-{b}-{r}",
+                                   usage)
+                runs[mode].append(run)
+                console.print(f"{mode:6} batch {b}, repeat {r + 1}: "
+                              f"{run['tokens_per_s']:.1f} tok/s")
+        for mode in modes:
+            row = summarize(runs[mode])
+            if mode != "plain":
+                ratios = [m["tokens_per_s"] / p["tokens_per_s"]
+                          for m, p in zip(runs[mode], runs.get("plain", []), strict=False)]
+                row["ratios"] = ratios
+                row["ratio"] = statistics.median(ratios) if ratios else float("nan")
+                console.print(f"{mode:6} batch {b}: {row['ratio']:.1%} of plain "
+                              f"(repeats: {', '.join(f'{x:.1%}' for x in ratios)}), sidecar "
+                              f"{row['sidecar_cores']:.2f} cores")
+            rows.append({"mode": mode, **row})
+    return rows
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of each number over repeated runs, and the runs themselves."""
+    keys = [k for k, v in runs[0].items() if isinstance(v, int | float)]
+    out: dict[str, Any] = {k: statistics.median(r[k] for r in runs) for k in keys}
+    out["batch"], out["requests"] = runs[0]["batch"], runs[0]["requests"]
+    if "sidecar_peak_rss_mb" in out:
+        out["sidecar_peak_rss_mb"] = max(r["sidecar_peak_rss_mb"] for r in runs)
+    out["runs"] = runs
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path,
@@ -401,10 +452,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--rounds", type=int, default=2,
                    help="requests per batch size = batch x rounds (at least 4)")
+    p.add_argument("--repeats", type=int, default=2,
+                   help="interleaved plain/async/sync runs per batch size")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--max-model-len", type=int, default=1024)
     p.add_argument("--block-copies", type=int, default=8)
-    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--port", type=int, default=8765, help="the plain server's port")
+    p.add_argument("--monitored-port", type=int, help="the monitored server's (default: "
+                   "--port + 1)")
     p.add_argument("--ingest-steps", type=int, default=100,
                    help="steps of the decode-like ingest stream (the prefill-like one: a fifth)")
     p.add_argument("--work", type=Path, help="folder for logs and the sidecar's data "
@@ -438,35 +493,20 @@ def main(argv: list[str] | None = None) -> int:
     loaded = load_sae(sae)
     result["encode"] = encode_fraction(loaded, 256, 2.0)
 
-    plain: dict[int, dict[str, Any]] = {}
-    rows: list[dict[str, Any]] = []
-    if not args.skip_plain:
-        with vllm_server(args.model, plugin_env(None), args.port, work / "vllm-plain.log",
-                         max(args.batches), args.max_model_len, args.compiled):
-            for b in args.batches:
-                n = max(4, b * args.rounds)
-                plain[b] = run_load(url, prompts[:n], b, args.max_tokens, {}, f"plain-{b}", None)
-                rows.append({"mode": "plain", **plain[b]})
-                console.print(f"plain  batch {b}: {plain[b]['tokens_per_s']:.1f} tok/s")
     pack = bench_pack(sae / "rules.yaml", work / "bench-rules.yaml")
+    monitored_port = args.monitored_port or args.port + 1
+    monitored_url = f"http://127.0.0.1:{monitored_port}/v1/completions"
     with sidecar_process(work / "sidecar", sae=sae, rules=pack,
                          cpus=set(args.sidecar_cpus) if args.sidecar_cpus else None) as sidecar:
         usage = Usage(sidecar.pid)
-        with vllm_server(args.model, plugin_env(sidecar, sae), args.port,
-                         work / "vllm-monitored.log", max(args.batches), args.max_model_len,
-                         args.compiled):
-            for b in args.batches:
-                n = max(4, b * args.rounds)
-                for mode in ("async", "sync"):
-                    r = run_load(url, prompts[:n], b, args.max_tokens,
-                                 {"latentguard_policy": f"bench-{mode}"}, f"{mode}-{b}", usage)
-                    base = plain.get(b, {}).get("tokens_per_s")
-                    r["ratio"] = r["tokens_per_s"] / base if base else float("nan")
-                    rows.append({"mode": mode, **r})
-                    console.print(f"{mode:6} batch {b}: {r['tokens_per_s']:.1f} tok/s "
-                                  f"({r['ratio']:.1%} of plain), sidecar "
-                                  f"{r['sidecar_cores']:.2f} cores")
-            result["block"] = block_latency(url, sidecar, args.block_copies, 32)
+        plain_server = nullcontext() if args.skip_plain else vllm_server(
+            args.model, plugin_env(None), args.port, work / "vllm-plain.log",
+            max(args.batches), args.max_model_len, args.compiled)
+        with plain_server, vllm_server(args.model, plugin_env(sidecar, sae), monitored_port,
+                                       work / "vllm-monitored.log", max(args.batches),
+                                       args.max_model_len, args.compiled):
+            rows = interleaved(args, prompts, url, monitored_url, usage)
+            result["block"] = block_latency(monitored_url, sidecar, args.block_copies, 32)
         console.print("sidecar ingest ...")
         steps = args.ingest_steps
         result["ingest"] = [ingest(sidecar, loaded, 32, steps, 1),

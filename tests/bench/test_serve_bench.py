@@ -104,13 +104,16 @@ def test_serve_bench_end_to_end_on_the_tiny_model(tmp_path: Path) -> None:
     model = build_tiny_model(tmp_path / "model")
     sae = build_tiny_sae(tmp_path / "sae")
     (sae / "rules.yaml").write_text(ALWAYS)  # the block rule fires on the first token
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
     out = tmp_path / "serve.json"
     assert sb.main(["--model", str(model), "--sae", str(sae), "--out", str(out),
                     "--batches", "1", "2", "--max-tokens", "6", "--block-copies", "2",
-                    "--port", str(port), "--ingest-steps", "5", "--max-model-len", "512"]) == 0
+                    "--port", str(ports[0]), "--monitored-port", str(ports[1]),
+                    "--repeats", "2", "--ingest-steps", "5", "--max-model-len", "512"]) == 0
     r = json.loads(out.read_text())
     rows = {(x["batch"], x["mode"]): x for x in r["throughput"]}
     assert set(rows) == {(b, m) for b in (1, 2) for m in ("plain", "async", "sync")}
@@ -118,9 +121,18 @@ def test_serve_bench_end_to_end_on_the_tiny_model(tmp_path: Path) -> None:
         # ignore_eos: every request writes exactly --max-tokens tokens, in every mode.
         assert x["tokens"] == x["requests"] * 6 and x["requests"] == max(4, 2 * b)
         assert x["tokens_per_s"] > 0 and x["tpot_p50_ms"] > 0
+        assert len(x["runs"]) == 2  # repeats, interleaved
+        assert x["tokens_per_s"] == pytest.approx(
+            sorted(run["tokens_per_s"] for run in x["runs"])[0] / 2
+            + sorted(run["tokens_per_s"] for run in x["runs"])[1] / 2)
         if mode != "plain":
             assert x["sidecar_cpu_s"] > 0 and x["sidecar_peak_rss_mb"] > 50
-            assert x["ratio"] == pytest.approx(x["tokens_per_s"] / rows[b, "plain"]["tokens_per_s"])
+            # Each repeat against the plain run beside it; the ratio is their median.
+            plain = rows[b, "plain"]["runs"]
+            ratios = [m["tokens_per_s"] / p["tokens_per_s"]
+                      for m, p in zip(x["runs"], plain, strict=True)]
+            assert x["ratios"] == pytest.approx(ratios)
+            assert x["ratio"] == pytest.approx(sum(ratios) / 2)
     block = r["block"]
     assert block["sync"]["blocked"] == 2 and block["sync"]["tokens_after_trigger_max"] == 0
     # Async: the verdict lands some steps later. The tiny model's steps take milliseconds, so
