@@ -2,7 +2,7 @@
 
 vLLM loads `register` from the `vllm.general_plugins` entry point in each of its processes.
 It installs nothing but a one-shot global forward pre-hook: the first module forward in the
-worker finds the model runner, attaches the capture hooks to the model and removes itself.
+worker finds the model runner, attaches the capture to the model and removes itself.
 Blocking also needs the logits processor: start vLLM with
 `--logits-processors latentguard.plugin.logits:LatentguardLogitsProcessor` (the
 `latentguard vllm` launcher adds it). The capture is a custom op, so eager and compiled mode

@@ -2,8 +2,7 @@
 
 `arm()` registers a global forward pre-hook. The first module forward in a process (the worker
 running its first dummy or real step) walks up the call stack to the model runner that called
-it, attaches the capture there, and removes the global hook: from then on only the two hooks on
-the model run.
+it, attaches the capture there (decoder layer L's tap), and removes the global hook.
 """
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ from typing import Any, ClassVar
 import torch
 
 from latentguard.monitors.rules import Steer
-from latentguard.plugin import _tap
 from latentguard.plugin._affinity import helper_cpus, move_current_thread
 from latentguard.plugin._client import SidecarClient
 from latentguard.plugin._settings import PluginSettings
@@ -123,12 +122,9 @@ class Capture:
         if not 0 <= capture.layer < len(layers):
             raise RuntimeError(f"latentguard: layer {capture.layer} out of range: the model "
                                f"has {len(layers)} decoder layers")
-        runner.model.register_forward_pre_hook(capture._before_model)
-        runner.model.register_forward_hook(capture._after_model)
-        _tap.sink = capture.tap
         if not runner.vllm_config.model_config.enforce_eager:
             key_compile_cache(runner.vllm_config, capture.layer)
-        wrap_layer(layers[capture.layer])
+        wrap_layer(layers[capture.layer], capture.tap)
         cls.instance = capture
         update = getattr(runner, "_update_states", None)
         if callable(update):
@@ -143,6 +139,9 @@ class Capture:
         else:
             log.warning("latentguard: %s has no _update_states: request ends are inferred "
                         "from idle time", type(runner).__name__)
+            # Only this fallback reads when forwards run: no hooks per forward otherwise.
+            runner.model.register_forward_pre_hook(capture._before_model)
+            runner.model.register_forward_hook(capture._after_model)
             threading.Thread(target=capture._end_idle, name="latentguard-idle",
                              daemon=True).start()
         log.info("latentguard: capturing the residual stream after layer %d of %s",

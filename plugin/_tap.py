@@ -24,7 +24,7 @@ from torch.library import Library
 #: The op's name as vLLM's `splitting_ops` spell it.
 OP_NAME = "latentguard::tap"
 
-#: Called by the op with (hidden, residual, positions); the capture sets it when it attaches.
+#: Called by the op with (hidden, residual, positions); set by `wrap_layer`.
 sink: Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], None] | None = None
 
 _lib: Library | None = None
@@ -52,9 +52,13 @@ def register_op() -> None:
                               target_lib=_lib)
 
 
-def wrap_layer(layer: torch.nn.Module) -> None:
-    """Makes `layer` call the tap on its output (vLLM layers return (hidden, residual))."""
+def wrap_layer(layer: torch.nn.Module,
+               to: Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], None]) -> None:
+    """Makes `layer` call the tap on its output (vLLM layers return (hidden, residual)), and
+    the tap call `to` (one per process: the op is global)."""
+    global sink
     register_op()
+    sink = to
     inner = layer.forward
     tap = torch.ops.latentguard.tap
 

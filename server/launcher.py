@@ -109,17 +109,18 @@ def run(args: list[str]) -> int:
         env.setdefault("LATENTGUARD_SAE_PATH", str(build_tiny_sae(models / "tiny-llama-sae")))
         rest = args
         extra = ["--dtype", "float32", "--max-model-len", "512"]
+    gpu = shutil.which("nvidia-smi") is not None
     mode = ["--enforce-eager"]
     if "--compiled" in rest:
         rest = [a for a in rest if a != "--compiled"]
-        mode = compiled_args(gpu=shutil.which("nvidia-smi") is not None)
+        mode = compiled_args(gpu)
     port = int(_option(rest, "--port") or 8000)
     served = _option(rest, "--served-model-name") or model
     listen = env.setdefault("LATENTGUARD_LISTEN", f"unix://{data_dir / 'latentguard.sock'}")
     env.setdefault("LATENTGUARD_VLLM_URL", f"http://127.0.0.1:{port}")
     env.setdefault("LATENTGUARD_MODEL_NAME", served)
     env["LATENTGUARD_SIDECAR"] = listen.replace("0.0.0.0", "127.0.0.1")
-    if shutil.which("nvidia-smi") is None:
+    if not gpu:
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
     def start_sidecar() -> subprocess.Popen[bytes]:

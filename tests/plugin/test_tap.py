@@ -51,8 +51,8 @@ def test_the_tap_runs_and_edits_inside_a_compiled_graph(backend: str) -> None:
         seen.append(((hidden + residual).clone(), pos.clone()))
         hidden[1] += 100.0  # steer row 1 only
 
-    _tap.wrap_layer(model.layers[0])
-    saved, _tap.sink = _tap.sink, sink
+    saved = _tap.sink
+    _tap.wrap_layer(model.layers[0], sink)
     try:
         compiled = torch.compile(model, backend=backend, fullgraph=True, dynamic=True)
         with torch.no_grad():
