@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from latentguard.monitors.discovery import auroc
-from latentguard.monitors.probe_fit import max_scores, mean_scores
+from latentguard.monitors.probe_fit import feature_scores, max_scores, mean_scores
 from latentguard.monitors.probes import Probe, ProbeMeta
 from latentguard.monitors.rules import load_rule_pack
 from latentguard.server.discovery import TextEncoder, load_sae_for
@@ -37,6 +37,7 @@ from latentguard.server.discovery import TextEncoder, load_sae_for
 logger = logging.getLogger(__name__)
 
 PROBE_NAME = "deception"
+SAE_PROBE_NAME = "deception-sae"
 CLASSES = ("deceptive", "honest")
 
 
@@ -85,6 +86,7 @@ def rules_yaml(m: dict[str, Any]) -> str:
         "    scope: generation\n"
         f"    when: {{feature: {rule['feature']}, threshold: {rule['threshold']:.6g}}}\n"
         "    action: {type: alert}\n"
+        f"{uce.weighted_rule_yaml(m, SAE_PROBE_NAME, 'Deception', 'info')}"
     )
     load_rule_pack(text, source="rules.yaml")  # raises if the pack is not valid
     return text
@@ -95,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=16, help="texts per model forward")
     p.add_argument("--probe-l2", type=float, nargs="+", default=[1e-3, 1e-2, 1e-1, 1.0],
                    help="L2 penalties tried by 3-fold cross-validation (folds by country)")
+    p.add_argument("--n-features", type=int, nargs="+", default=list(uce.N_FEATURES),
+                   help="features of the weighted-features SAE rule (cross-validated)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", type=Path, help="folder caching the texts' residual rows")
     args = p.parse_args(argv)
@@ -125,8 +129,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                      args.probe_l2, [r["source"] for r in splits[0]])
     direction = m["probe_max"].pop("_direction")
     mean_direction = m["probe"].pop("_direction")
+    codes = [uce.snippet_codes(sae, rows) for rows in split_rows]
+    m["rule_weighted"] = uce.weighted_rule((codes[0], labels[0]), (codes[1], labels[1]),
+                                           sae.d_sae, args.n_features,
+                                           [r["source"] for r in splits[0]])
+    weighted_direction = m["rule_weighted"].pop("_direction")
     t_rows = split_rows[1]
     scores = {"feature": feats[1][:, m["rule"]["feature"]],
+              "SAE weighted": feature_scores(codes[1], weighted_direction,
+                                             m["rule_weighted"]["bias"]),
               "probe (mean)": mean_scores([r.mean(0) for r in t_rows], mean_direction,
                                           m["probe"]["bias"]),
               "probe (max)": max_scores(t_rows, direction, m["probe_max"]["bias"])}
@@ -149,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "mislead (GeoNames facts said falsely), trained on each text's max over tokens "
         "(score: a logit); weak, see bench/deception_eval.py"), direction).save(
             args.out / "probes")
+    uce.save_weighted_probe(m["rule_weighted"], weighted_direction, SAE_PROBE_NAME, layer,
+                            args.out / "probes", "deceptive statements")
     console = Console()
     console.print(uce.results_table(m, "deception", CLASSES))
     console.print(category_table(m["per_category"]))

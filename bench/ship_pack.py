@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = "\n".join(header) + "\n" + yaml.safe_dump(
         {"rules": rules, "policies": POLICIES}, sort_keys=False, width=100, allow_unicode=True)
     load_rule_pack(text, source="rules.yaml")
-    probe_set = ProbeSet.load(probes, d_in=sae.d_in)
+    probe_set = ProbeSet.load(probes, d_in=sae.d_in, d_sae=sae.d_sae)
     (args.sae / "rules.yaml").write_text(text, "utf-8")
     out = args.sae / "features.json"
     out.write_text(json.dumps({"features": sorted(catalog, key=lambda e: e["index"])},

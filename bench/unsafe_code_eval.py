@@ -15,7 +15,10 @@ exactly as a rule would see it:
 - a linear probe of the **mean residual** (a rule ``{probe: P, window: {agg: mean}}``);
 - a per-token linear probe, **max over tokens** (a rule ``{probe: P, threshold: T}``), trained
   through a smooth maximum (``latentguard.monitors.probe_fit``): the shipped ``unsafe-code``
-  probe.
+  probe;
+- the SAE rule over **weighted features**: the same max-over-tokens probe, but on the SAE's
+  feature activations, at most ``--n-features`` of them (a features probe,
+  ``unsafe-code-sae``; the count chosen by cross-validation on the train split).
 
 Thresholds sit at the train negatives' 1%-FPR point; probe penalties are chosen by
 cross-validation on the train split (folds by source file). On the held-out split each gets
@@ -48,11 +51,15 @@ from torch import Tensor
 
 from latentguard.monitors.discovery import auroc, recall_at_fpr, threshold_at_fpr
 from latentguard.monitors.probe_fit import (
-    choose_l2,
+    Codes,
+    choose_by_cv,
+    feature_scores,
+    fit_feature_probe,
     fit_max_probe,
     fit_mean_probe,
     max_scores,
     mean_scores,
+    screen_features,
 )
 from latentguard.monitors.probes import Probe, ProbeMeta
 from latentguard.monitors.rules import load_rule_pack
@@ -62,6 +69,8 @@ logger = logging.getLogger(__name__)
 
 FPR = 0.01
 PROBE_NAME = "unsafe-code"
+SAE_PROBE_NAME = "unsafe-code-sae"
+N_FEATURES = (16, 32, 64, 128)
 
 
 # ---- data -----------------------------------------------------------------------------------
@@ -128,6 +137,14 @@ def snippet_features(sae: Any, rows: Sequence[Tensor]) -> Tensor:
     return torch.stack([sae.encode(r).amax(0) for r in rows]).clone()
 
 
+@torch.no_grad()
+def snippet_codes(sae: Any, rows: Sequence[Tensor]) -> list[Codes]:
+    """Each snippet's sparse SAE code: per token the ``k`` largest activations (a TopK SAE's
+    own ``k``: its whole code; 64 for other architectures)."""
+    k = min(int(getattr(sae, "k", 64) or 64), sae.d_sae)
+    return [Codes(*(t.clone() for t in sae.topk(r, k))) for r in rows]
+
+
 # ---- metrics --------------------------------------------------------------------------------
 
 def heldout_metrics(pos: Tensor, neg: Tensor, train_threshold: float) -> dict[str, float]:
@@ -165,7 +182,7 @@ def evaluate(train: tuple[Tensor, list[Tensor], Tensor],
         cv: dict[str, float | None] = {}
         penalty = l2
         if not isinstance(penalty, float | int):
-            penalty, cv = choose_l2(fit, score, x, y, groups, penalty)
+            penalty, cv = choose_by_cv(fit, score, x, y, groups, penalty)
         direction, bias = fit(x, y, penalty)
         s_train, s_test = score(x, direction, bias), score(t_x, direction, bias)
         t = threshold_at_fpr(s_train[neg], FPR)
@@ -175,6 +192,55 @@ def evaluate(train: tuple[Tensor, list[Tensor], Tensor],
                     "heldout": heldout_metrics(s_test[t_pos], s_test[t_neg], t),
                     "_direction": direction}
     return out
+
+
+def weighted_rule(train: tuple[list[Codes], Tensor], test: tuple[list[Codes], Tensor],
+                  d_sae: int, n_features: Sequence[int], groups: Sequence[str],
+                  l2: float = 1e-2) -> dict[str, Any]:
+    """The SAE rule over weighted features (a features probe, max over tokens), its number of
+    features chosen by cross-validation on the train split when several are given."""
+    codes, y = train
+    t_codes, t_y = test
+    screened: dict[tuple[int, ...], Tensor] = {}
+    cv: dict[str, float | None] = {}
+    n = float(n_features[0])
+    with progress_bar() as bar:
+        # 3 folds and the final fit; one screening per fold serves every n.
+        task = bar.add_task("screening SAE features", total=4 if len(n_features) > 1 else 1)
+
+        def fit(c: Sequence[Codes], yy: Tensor, n: float) -> tuple[Tensor, float]:
+            key = tuple(id(x) for x in c)
+            if key not in screened:
+                screened[key] = screen_features(c, yy, d_sae)
+                bar.update(task, advance=1)
+            return fit_feature_probe(c, yy, d_sae, int(n), l2, screened=screened[key])
+
+        if len(n_features) > 1:
+            n, cv = choose_by_cv(fit, feature_scores, codes, y, groups,
+                                 [float(v) for v in n_features])
+        direction, bias = fit(codes, y, n)
+    s_train, s_test = feature_scores(codes, direction, bias), feature_scores(t_codes, direction,
+                                                                             bias)
+    t = threshold_at_fpr(s_train[y == 0], FPR)
+    nz = direction.nonzero().flatten()
+    order = direction[nz].abs().argsort(descending=True)
+    return {"n_features": int(n), "n_features_cv_auroc": cv, "l2": l2, "bias": bias,
+            "threshold": t, "train_auroc": float(auroc(s_train[y == 1], s_train[y == 0])),
+            "train_recall_at_threshold": float((s_train[y == 1] > t).double().mean()),
+            "heldout": heldout_metrics(s_test[t_y == 1], s_test[t_y == 0], t),
+            "weights": [{"feature": int(nz[i]), "weight": float(direction[nz[i]])}
+                        for i in order],
+            "_direction": direction}
+
+
+def save_weighted_probe(rule: dict[str, Any], direction: Tensor, name: str, layer: int,
+                        folder: Path, what: str) -> None:
+    """The weighted-features rule as a features probe ``name`` in ``folder``."""
+    Probe(ProbeMeta(
+        name=name, bias=rule["bias"], threshold=rule["threshold"], layer=layer, input="features",
+        description=f"SAE rule: per token, a weighted sum of {len(rule['weights'])} SAE "
+        f"features of {what}, trained on each text's max over tokens (score: a logit); use it "
+        "without a window"), direction).save(folder)
 
 
 def results_table(m: dict[str, Any], what: str = "unsafe code",
@@ -191,6 +257,10 @@ def results_table(m: dict[str, Any], what: str = "unsafe code",
         table.add_column(f"SAE rule: any of {len(m['rule_any']['features'])} features",
                          justify="right")
         cols.append(m["rule_any"])
+    if m.get("rule_weighted"):
+        table.add_column(f"SAE rule: {len(m['rule_weighted']['weights'])} weighted features",
+                         justify="right")
+        cols.append(m["rule_weighted"])
     table.add_column("linear probe (mean residual)", justify="right")
     table.add_column("linear probe (max over tokens)", justify="right")
     cols = [rule, *cols[2:], probe, probe_max]
@@ -342,6 +412,21 @@ def any_rule_yaml(m: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def weighted_rule_yaml(m: dict[str, Any], name: str, what: str, severity: str) -> str:
+    """The weighted-features SAE rule (``{probe: name}``, a features probe), an alert."""
+    rule = m.get("rule_weighted")
+    if not rule:
+        return ""
+    top = ", ".join(f"{w['feature']} ({w['weight']:+.3g})" for w in rule["weights"][:5])
+    desc = (f"{what}: the {name} features probe, a weighted sum of {len(rule['weights'])} SAE "
+            f"features (largest weights: {top}; all in probes/{name}.safetensors) on any token "
+            f"above its 1%-FPR point on the train split; {_measured(rule)}")
+    return (f"  - name: {name}\n    description: {json.dumps(desc)}\n"
+            f"    severity: {severity}\n    scope: generation\n"
+            f"    when: {{probe: {name}, threshold: {rule['threshold']:.6g}}}\n"
+            "    action: {type: alert}\n")
+
+
 def _measured(m: dict[str, Any]) -> str:
     held = m["heldout"]
     return (f"held-out AUROC {held['auroc']:.3f}, recall {held['recall_at_train_threshold']:.1%}"
@@ -373,6 +458,7 @@ def rules_yaml(m: dict[str, Any], label: str) -> str:
         f"    when: {{feature: {rule['feature']}, threshold: {rule['threshold']:.6g}}}\n"
         "    action: {type: alert}\n"
         f"{any_rule_yaml(m)}"
+        f"{weighted_rule_yaml(m, SAE_PROBE_NAME, 'Python that bandit flags', 'high')}"
         "policies:\n"
         "  - name: default\n"
         "    rules: [\"*\"]\n"
@@ -397,11 +483,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--train-max", type=int, nargs=2, metavar=("UNSAFE", "CLEAN"),
                    help="at most this many train snippets of each label (seeded sample)")
     p.add_argument("--heldout-max", type=int, nargs=2, metavar=("UNSAFE", "CLEAN"))
-    p.add_argument("--max-tokens", type=int, default=256, help="tokens kept per snippet")
+    p.add_argument("--max-tokens", type=int, default=2048,
+                   help="tokens kept per snippet (default: all of every stdlib snippet; a cut "
+                   "hides the flagged line of long functions from every rule)")
     p.add_argument("--batch", type=int, default=8, help="snippets per model forward")
     p.add_argument("--probe-l2", type=float, nargs="+", default=[1e-4, 1e-3, 1e-2, 1e-1, 1.0],
                    help="L2 penalty of the probe; several: chosen by 3-fold cross-validation "
                    "on the train split, folds split by source file")
+    p.add_argument("--n-features", type=int, nargs="+", default=list(N_FEATURES),
+                   help="features of the weighted-features SAE rule; several: chosen by 3-fold "
+                   "cross-validation on the train split")
     p.add_argument("--rules-out", type=Path, help="rule pack to write (default: OUT/rules.yaml)")
     p.add_argument("--probe-out", type=Path, help="probe folder (default: OUT/probes)")
     p.add_argument("--seed", type=int, default=0)
@@ -452,6 +543,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         (te_f, labels(test_rows), [r.get("flagged", []) for r in test_rows]))
     m["rule_any"] = any_rule((tr_f, labels(train_rows)), (te_f, labels(test_rows)),
                              [t["feature"] for t in m["per_test"]])
+    logger.info("weighted-features SAE rule (cross-validating %s features)", args.n_features)
+    m["rule_weighted"] = weighted_rule(
+        (snippet_codes(sae, split_rows[0]), labels(train_rows)),
+        (snippet_codes(sae, split_rows[1]), labels(test_rows)), sae.d_sae, args.n_features,
+        [r["source"] for r in train_rows])
+    weighted_direction = m["rule_weighted"].pop("_direction")
     catalog = load_catalog(args.sae, None, sae.d_sae)
     label = catalog.entries[m["rule"]["feature"]].label if (
         catalog and m["rule"]["feature"] in catalog.entries) else ""
@@ -474,15 +571,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         layer=layer, description="per-token logistic probe of bandit-labelled Python, trained "
         "on each snippet's max over tokens (score: a logit); use it without a window, a token "
         "above the threshold flags the text (bench/unsafe_code_eval.py)"), direction)
-    probe.save(args.probe_out or args.out / "probes")
+    probe_dir = args.probe_out or args.out / "probes"
+    probe.save(probe_dir)
+    save_weighted_probe(m["rule_weighted"], weighted_direction, SAE_PROBE_NAME, layer, probe_dir,
+                        "bandit-labelled Python")
     (args.out / "features.json").write_text(json.dumps(
         {"features": catalog_entries(m, label)}, indent=2) + "\n", encoding="utf-8")
     console = Console()
     console.print(results_table(m))
     if m["per_test"]:
         console.print(per_test_table(m["per_test"]))
-    console.print(f"metrics: {args.out / 'metrics.json'}; rule pack: {rules_path}; probe: "
-                  f"{args.probe_out or args.out / 'probes'}")
+    console.print(f"metrics: {args.out / 'metrics.json'}; rule pack: {rules_path}; probes: "
+                  f"{probe_dir}")
     return 0
 
 

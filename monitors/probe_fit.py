@@ -13,14 +13,22 @@ Two ways to pool a text's per-token residual rows into one score, each matching 
 
 Both weigh the two classes equally, fit on standardised inputs with an L2 penalty and fold the
 standardisation back, so the score is ``rows @ direction + bias`` (a logit) on raw rows.
-:func:`choose_l2` picks the penalty by cross-validation with folds split by group (source file,
-country, ...), never by the held-out split.
+
+:func:`fit_feature_probe` is the max-over-tokens probe on the SAE's feature activations instead
+of the residual: a weighted sum of at most ``n_features`` SAE features per token (a features
+probe, ``ProbeMeta.input = "features"``), an SAE rule whose weights each name a feature.
+:func:`screen_features` fits all features at once on the per-token top-k codes; the
+``n_features`` largest weights are kept and refit alone with :func:`fit_max_probe`.
+
+:func:`choose_by_cv` picks a setting (the penalty, the number of features) by cross-validation
+with folds split by group (source file, country, ...), never by the held-out split.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -28,12 +36,32 @@ from torch import Tensor
 
 from latentguard.monitors.discovery import auroc
 
-__all__ = ["choose_l2", "fit_max_probe", "fit_mean_probe", "max_scores", "mean_scores"]
+__all__ = [
+    "Codes",
+    "choose_by_cv",
+    "feature_rows",
+    "feature_scores",
+    "fit_feature_probe",
+    "fit_max_probe",
+    "fit_mean_probe",
+    "max_scores",
+    "mean_scores",
+    "screen_features",
+]
 
 #: (texts, labels, l2) -> (direction, bias); texts are rows [T, d] each (a tensor [n, d] of
 #: means for the mean probe).
 Fit = Callable[[Sequence[Tensor], Tensor, float], tuple[Tensor, float]]
 Score = Callable[[Sequence[Tensor], Tensor, float], Tensor]
+
+
+class Codes(NamedTuple):
+    """One text's sparse SAE code: the ``k`` largest activations of each token."""
+
+    values: Tensor
+    """[T, k] activations (zeros allowed)."""
+    indices: Tensor
+    """[T, k] their feature indices (int64)."""
 
 
 def _pos_weight(y: Tensor) -> Tensor:
@@ -80,10 +108,7 @@ def fit_max_probe(rows: Sequence[Tensor], y: Tensor, l2: float = 1e-2, steps: in
     Trained with Adam on the log-mean-exp of ``sharpness`` times the per-token logits (divided
     by ``sharpness``): between the mean (sharpness -> 0) and the max (-> infinity).
     """
-    if len(rows) != len(y):
-        raise ValueError(f"rows: {len(rows)} texts but {len(y)} labels")
-    if any(len(r) == 0 for r in rows):
-        raise ValueError("rows: every text needs at least one token")
+    _check_texts(rows, y, [len(r) for r in rows])
     torch.manual_seed(seed)
     cat = torch.cat([r.float() for r in rows])
     lengths = torch.tensor([len(r) for r in rows])
@@ -95,18 +120,104 @@ def fit_max_probe(rows: Sequence[Tensor], y: Tensor, l2: float = 1e-2, steps: in
     w = torch.zeros(cat.shape[1], requires_grad=True)
     b = torch.zeros((), requires_grad=True)
     opt = torch.optim.Adam([w, b], lr=lr)
-    n = len(rows)
     with torch.enable_grad():
         for _ in range(steps):
             opt.zero_grad()
-            s = (z @ w + b) * sharpness
-            peak = torch.full((n,), -torch.inf).scatter_reduce(0, segment, s.detach(), "amax")
-            total = torch.zeros(n).index_add(0, segment, (s - peak[segment]).exp())
-            pooled = (total.log() + peak - lengths.log()) / sharpness
+            pooled = _smooth_max(z @ w + b, segment, lengths, sharpness)
             loss = F.binary_cross_entropy_with_logits(pooled, y, pos_weight=pos_weight)
             (loss + l2 * w.square().sum()).backward()
             opt.step()
     return _unfold(w.double(), b.double(), mu.double(), sd.double())
+
+
+def _smooth_max(logits: Tensor, segment: Tensor, lengths: Tensor, sharpness: float) -> Tensor:
+    """Per text, ``log(mean(exp(sharpness * logits))) / sharpness`` over its tokens."""
+    n = len(lengths)
+    s = logits * sharpness
+    peak = torch.full((n,), -torch.inf).scatter_reduce(0, segment, s.detach(), "amax")
+    total = torch.zeros(n).index_add(0, segment, (s - peak[segment]).exp())
+    return (total.log() + peak - lengths.log()) / sharpness
+
+
+def _check_texts(texts: Sequence[object], y: Tensor, lengths: Sequence[int]) -> None:
+    if len(texts) != len(y):
+        raise ValueError(f"rows: {len(texts)} texts but {len(y)} labels")
+    if any(n == 0 for n in lengths):
+        raise ValueError("rows: every text needs at least one token")
+
+
+def feature_rows(codes: Sequence[Codes], support: Tensor) -> list[Tensor]:
+    """Each text's dense activations ``[T, len(support)]`` of the ``support`` features."""
+    d = int(max((int(c.indices.max()) for c in codes if c.indices.numel()), default=0))
+    d = max(d, int(support.max()) if support.numel() else 0) + 1
+    column = torch.full((d,), len(support), dtype=torch.int64)
+    column[support] = torch.arange(len(support))
+    out = []
+    for c in codes:
+        dense = torch.zeros(len(c.values), len(support) + 1)
+        dense.scatter_add_(1, column[c.indices], c.values.float())
+        out.append(dense[:, :-1])
+    return out
+
+
+def feature_scores(codes: Sequence[Codes], direction: Tensor, bias: float) -> Tensor:
+    """Each text's largest per-token score of a features probe (``direction`` ``[d_sae]``)."""
+    return torch.stack([((c.values.float() * direction[c.indices]).sum(1) + bias).max()
+                        for c in codes])
+
+
+def screen_features(codes: Sequence[Codes], y: Tensor, d_sae: int, l2: float = 1e-3,
+                    steps: int = 400, lr: float = 0.05, sharpness: float = 4.0, seed: int = 0
+                    ) -> Tensor:
+    """Weights ``[d_sae]`` of one sparse max-over-tokens fit on every feature at once.
+
+    Each feature is scaled by its largest train activation, so one penalty suits all and the
+    weights' magnitudes rank the features; features never active in training stay at 0.
+    """
+    _check_texts(codes, y, [len(c.values) for c in codes])
+    torch.manual_seed(seed)
+    values = torch.cat([c.values.float() for c in codes])
+    indices = torch.cat([c.indices for c in codes])
+    lengths = torch.tensor([len(c.values) for c in codes])
+    segment = torch.repeat_interleave(torch.arange(len(codes)), lengths)
+    scale = torch.zeros(d_sae).scatter_reduce(0, indices.flatten(), values.flatten(), "amax")
+    scaled = values / scale.clamp_min(1e-6)[indices]
+    yf = y.detach().float()
+    pos_weight = _pos_weight(yf).float()
+    w = torch.zeros(d_sae, requires_grad=True)
+    b = torch.zeros((), requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            opt.zero_grad()
+            pooled = _smooth_max((scaled * w[indices]).sum(1) + b, segment, lengths, sharpness)
+            loss = F.binary_cross_entropy_with_logits(pooled, yf, pos_weight=pos_weight)
+            (loss + l2 * w.square().sum()).backward()
+            opt.step()
+    return w.detach()
+
+
+def fit_feature_probe(codes: Sequence[Codes], y: Tensor, d_sae: int, n_features: int = 64,
+                      l2: float = 1e-2, screened: Tensor | None = None, sharpness: float = 4.0,
+                      seed: int = 0) -> tuple[Tensor, float]:
+    """A features probe: per token, a weighted sum of at most ``n_features`` SAE features; the
+    text's score is its max over tokens. Returns (direction ``[d_sae]``, bias).
+
+    The features are the ``n_features`` largest weights of :func:`screen_features` (pass
+    ``screened`` to reuse one screening for several ``n_features``); the refit on them alone is
+    :func:`fit_max_probe`.
+    """
+    if screened is None:
+        screened = screen_features(codes, y, d_sae, sharpness=sharpness, seed=seed)
+    support = screened.abs().argsort(descending=True)[:n_features].sort().values
+    support = support[screened[support] != 0]
+    if not support.numel():
+        raise ValueError("codes: no feature is active in the training texts")
+    sub, bias = fit_max_probe(feature_rows(codes, support), y, l2, sharpness=sharpness,
+                              seed=seed)
+    direction = torch.zeros(d_sae)
+    direction[support] = sub
+    return direction, bias
 
 
 def max_scores(rows: Sequence[Tensor], direction: Tensor, bias: float) -> Tensor:
@@ -120,9 +231,10 @@ def mean_scores(x: Sequence[Tensor] | Tensor, direction: Tensor, bias: float) ->
     return x.float() @ direction + bias
 
 
-def choose_l2(fit: Fit, score: Score, x: Sequence[Tensor], y: Tensor, groups: Sequence[str],
-              grid: Sequence[float], folds: int = 3) -> tuple[float, dict[str, float | None]]:
-    """The L2 penalty with the best mean AUROC over ``folds`` folds split by ``groups``."""
+def choose_by_cv(fit: Fit, score: Score, x: Sequence[Any], y: Tensor, groups: Sequence[str],
+                 grid: Sequence[float], folds: int = 3) -> tuple[float, dict[str, float | None]]:
+    """The setting in ``grid`` (``fit``'s third argument: an L2 penalty, a number of features)
+    with the best mean AUROC over ``folds`` folds split by ``groups``."""
     fold = torch.tensor([int(hashlib.sha256(g.encode()).hexdigest()[:8], 16) % folds
                          for g in groups])
     results: dict[str, float | None] = {}

@@ -9,6 +9,12 @@ On disk a probe is ``<name>.safetensors`` (tensor ``direction [d_in]``, optional
 ``activation`` is ``linear`` (score = x . direction + bias, the default) or ``sigmoid`` (a
 probability). Rules use a probe like a feature: ``{probe: deception, threshold: 0.5}``; the
 threshold in the file is the probe author's suggestion, rules carry their own.
+
+``input`` says what the direction reads: ``residual`` (the default) the residual rows the SAE
+reads (width ``d_in``), ``features`` the SAE's feature activations (width ``d_sae``). A features
+probe is a weighted sum of SAE features, an SAE rule whose every weight names a feature of the
+catalog; only its nonzero weights are read, so the caller passes the activations of those
+features only (``ProbeSet.feature_support``), gathered in the same encode as the rules' features.
 """
 
 from __future__ import annotations
@@ -44,6 +50,9 @@ class ProbeMeta(BaseModel):
     description: str = ""
     layer: int | None = None
     """Decoder layer whose residual the probe reads, when the author recorded it."""
+    input: Literal["residual", "features"] = "residual"
+    """``residual``: the direction reads residual rows (``d_in``); ``features``: it reads the
+    SAE's feature activations (``d_sae``)."""
 
 
 class Probe:
@@ -60,7 +69,19 @@ class Probe:
 
     @property
     def d_in(self) -> int:
+        """Width of what the direction reads (``d_in`` or, for a features probe, ``d_sae``)."""
         return int(self.direction.shape[0])
+
+    @property
+    def reads_features(self) -> bool:
+        return self.meta.input == "features"
+
+    def weights(self) -> list[tuple[int, float]]:
+        """A features probe's nonzero weights ``(feature, weight)``, largest magnitude first."""
+        idx = self.direction.nonzero().flatten()
+        vals = self.direction[idx]
+        order = vals.abs().argsort(descending=True)
+        return [(int(idx[i]), float(vals[i])) for i in order]
 
     def save(self, folder: str | Path) -> Path:
         """Write ``<name>.safetensors`` and ``<name>.json`` into ``folder``."""
@@ -95,21 +116,33 @@ class Probe:
 
 
 class ProbeSet:
-    """Probes scored together: ``score(rows)`` is one ``[n, d_in] @ [d_in, P]`` matmul."""
+    """Probes scored together: residual probes in one ``[n, d_in] @ [d_in, P]`` matmul, features
+    probes in one ``[n, S] @ [S, P]`` matmul over the ``S`` features they weigh."""
 
     def __init__(self, probes: Sequence[Probe]) -> None:
         names = [p.name for p in probes]
         if len(set(names)) != len(names):
             raise UnknownFeatureError(f"duplicate probe names in {names}")
-        widths = {p.d_in for p in probes}
-        if len(widths) > 1:
-            raise ShapeError("direction", f"probes have different widths {sorted(widths)}")
         self.probes = list(probes)
-        self.d_in = widths.pop() if widths else 0
-        self._w = (torch.stack([p.direction for p in probes], dim=1) if probes
-                   else torch.zeros(0, 0))
-        self._b = torch.tensor([p.meta.bias for p in probes], dtype=torch.float32)
-        self._sigmoid = torch.tensor([p.meta.activation == "sigmoid" for p in probes])
+        residual = [i for i, p in enumerate(self.probes) if not p.reads_features]
+        features = [i for i, p in enumerate(self.probes) if p.reads_features]
+        self.d_in = _width([self.probes[i] for i in residual], "residual")
+        self.d_sae = _width([self.probes[i] for i in features], "features")
+        self._residual_cols = torch.tensor(residual, dtype=torch.int64)
+        self._feature_cols = torch.tensor(features, dtype=torch.int64)
+        self._w = (torch.stack([self.probes[i].direction for i in residual], dim=1) if residual
+                   else torch.zeros(self.d_in, 0))
+        if features:
+            dirs = torch.stack([self.probes[i].direction for i in features], dim=1)
+            support = dirs.abs().sum(1).nonzero().flatten()
+            self._w_features = dirs.index_select(0, support).contiguous()
+        else:
+            support, self._w_features = torch.zeros(0, dtype=torch.int64), torch.zeros(0, 0)
+        self.feature_support: Tensor = support
+        """Ascending SAE features the features probes weigh: the columns ``score`` expects in
+        ``feature_values``."""
+        self._b = torch.tensor([p.meta.bias for p in self.probes], dtype=torch.float32)
+        self._sigmoid = torch.tensor([p.meta.activation == "sigmoid" for p in self.probes])
 
     @property
     def names(self) -> list[str]:
@@ -122,32 +155,80 @@ class ProbeSet:
                 return p
         raise UnknownFeatureError(f"unknown probe {name!r} (loaded: {', '.join(self.names)})")
 
+    @property
+    def reads_features(self) -> bool:
+        """Whether some probe weighs SAE features (``score`` then needs ``feature_values``)."""
+        return bool(self._feature_cols.numel())
+
+    def contributions(self, name: str, feature_values: Tensor, top: int = 5
+                      ) -> list[tuple[int, float]]:
+        """A features probe's largest terms ``(feature, weight * activation)`` on one token
+        (``feature_values``: ``[len(feature_support)]``), largest magnitude first, zeros left
+        out: what made its score (besides the bias)."""
+        column = self.names.index(name) if name in self.names else -1
+        where = (self._feature_cols == column).nonzero().flatten()
+        if not where.numel():
+            raise UnknownFeatureError(f"{name!r} is not a features probe of this set")
+        terms = feature_values.float() * self._w_features[:, int(where[0])]
+        order = terms.abs().argsort(descending=True)[:top]
+        return [(int(self.feature_support[i]), float(terms[i])) for i in order if terms[i] != 0]
+
     @classmethod
-    def load(cls, folder: str | Path, d_in: int | None = None) -> ProbeSet:
-        """Every ``*.json`` + ``*.safetensors`` pair in ``folder`` (sorted by file name)."""
+    def load(cls, folder: str | Path, d_in: int | None = None,
+             d_sae: int | None = None) -> ProbeSet:
+        """Every ``*.json`` + ``*.safetensors`` pair in ``folder`` (sorted by file name).
+
+        ``d_in`` / ``d_sae`` (the SAE's widths) check residual / features probes' directions.
+        """
         path = Path(folder)
         if not path.is_dir():
             raise SAEFormatError(path, "probe folder not found")
         probes = [Probe.load(p) for p in sorted(path.glob("*.json"))]
-        if d_in is not None:
-            for p in probes:
-                if p.d_in != d_in:
-                    raise SAEFormatError(
-                        path / f"{p.name}.safetensors",
-                        f"direction has width {p.d_in}, the SAE reads {d_in}",
-                        key="direction",
-                    )
+        for p in probes:
+            want, what = (d_sae, "the SAE has {} features") if p.reads_features else (
+                d_in, "the SAE reads {}")
+            if want is not None and p.d_in != want:
+                raise SAEFormatError(
+                    path / f"{p.name}.safetensors",
+                    f"direction has width {p.d_in}, {what.format(want)} (input {p.meta.input})",
+                    key="direction",
+                )
         logger.info("loaded %d probes from %s", len(probes), path)
         return cls(probes)
 
     @torch.inference_mode()
-    def score(self, rows: Tensor) -> Tensor:
-        """Scores ``[n, len(names)]`` (float32) of rows ``[n, d_in]``."""
-        if rows.ndim != 2 or (self.probes and rows.shape[1] != self.d_in):
+    def score(self, rows: Tensor, feature_values: Tensor | None = None) -> Tensor:
+        """Scores ``[n, len(names)]`` (float32) of rows ``[n, d_in]``.
+
+        ``feature_values`` ``[n, len(feature_support)]``: the activations of the features the
+        features probes weigh; required when there are any.
+        """
+        n_res = int(self._residual_cols.numel())
+        if rows.ndim != 2 or (n_res and rows.shape[1] != self.d_in):
             raise ShapeError("rows", f"expected shape [n, {self.d_in}], got {list(rows.shape)}")
+        n = rows.shape[0]
         if not self.probes:
-            return torch.zeros(rows.shape[0], 0)
-        out = torch.addmm(self._b, rows.float(), self._w)
+            return torch.zeros(n, 0)
+        if n_res == len(self.probes):
+            out = torch.addmm(self._b, rows.float(), self._w)
+        else:
+            support = int(self.feature_support.numel())
+            if feature_values is None:
+                raise ShapeError("feature_values", "required: a probe reads SAE features")
+            if feature_values.shape != (n, support):
+                raise ShapeError("feature_values", f"expected shape [{n}, {support}], got "
+                                 f"{list(feature_values.shape)}")
+            out = self._b.repeat(n, 1)
+            out[:, self._feature_cols] += feature_values.float() @ self._w_features
+            if n_res:
+                out[:, self._residual_cols] += rows.float() @ self._w
         if bool(self._sigmoid.any()):
             out = torch.where(self._sigmoid, out.sigmoid(), out)
         return out
+
+
+def _width(probes: Sequence[Probe], what: str) -> int:
+    widths = {p.d_in for p in probes}
+    if len(widths) > 1:
+        raise ShapeError("direction", f"{what} probes have different widths {sorted(widths)}")
+    return widths.pop() if widths else 0

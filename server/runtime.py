@@ -95,7 +95,8 @@ class MonitorRuntime:
         if (folder / PROBES_DIR).is_dir():
             from latentguard.monitors.probes import ProbeSet
 
-            self.probes = ProbeSet.load(folder / PROBES_DIR, d_in=self.sae.d_in)
+            self.probes = ProbeSet.load(folder / PROBES_DIR, d_in=self.sae.d_in,
+                                        d_sae=self.sae.d_sae)
         log.info("loaded %r (catalog: %s, probes: %s)", self.sae,
                  "yes" if self.catalog else "no", self.probes.names if self.probes else "none")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -206,7 +206,11 @@ class StreamSession:
         sae, probes = self.runtime.sae, self.runtime.probes
         idx = engine.signal_features if engine is not None else torch.empty(0, dtype=torch.long)
         enc = sae.encode_for_monitor(rows, idx, self.runtime.settings.top_k)
-        probe_values = probes.score(rows) if probes is not None and engine is not None else None
+        probe_values = None
+        if probes is not None and engine is not None:
+            probe_values = probes.score(
+                rows, enc.selected[:, engine.probe_feature_columns] if probes.reads_features
+                else None)
         top_vals, top_idx = enc.topk_values.tolist(), enc.topk_indices.tolist()
         out: list[tuple[RequestState, HitRecord]] = []
         new_tokens: dict[str, list[TokenRecord]] = {}
@@ -245,11 +249,30 @@ class StreamSession:
                 probe_values[lo:lo + n] if probe_values is not None else None,
                 list(span.positions), [span.prefill] * n)
             for hit in hits:
+                if probes is not None and probes.reads_features and hit.position in span.positions:
+                    row = enc.selected[lo + list(span.positions).index(hit.position)]
+                    hit = self._explain_features(hit, row[engine.probe_feature_columns])
                 record = _hit_record(hit)
                 state.trace.hits.append(record)
                 out.append((state, record))
                 self._verdict_for(state, hit)
         return out, new_tokens, series
+
+    def _explain_features(self, hit: Any, feature_values: torch.Tensor) -> Any:
+        """Names the features behind each features probe in the hit's evidence: reviewers see
+        which SAE features (with catalog labels) made the score, not just the score."""
+        probes, labels = self.runtime.probes, self.runtime.labels()
+        parts = []
+        for e in hit.evidence:
+            name = e.signal.removeprefix("probe ")
+            if not e.signal.startswith("probe ") or not probes.probe(name).reads_features:
+                continue
+            terms = ", ".join(f"{f}{f' {labels[f]!r}' if f in labels else ''} {v:+.3g}"
+                              for f, v in probes.contributions(name, feature_values))
+            parts.append(f"probe {name} from features {terms or 'none active'}")
+        if not parts:
+            return hit
+        return replace(hit, explanation=f"{hit.explanation} ({'; '.join(parts)})")
 
     def _verdict_for(self, state: RequestState, hit: Any) -> None:
         tag = state.trace.request_tag

@@ -3,7 +3,9 @@
 The engine checks every feature index against the SAE width and every probe name against the
 loaded probes, and collects the feature columns the rules read (``signal_features``): the caller
 encodes with ``SAE.encode_for_monitor(x, engine.signal_features, k)`` and passes the
-``selected`` columns to ``RuleSession.step``.
+``selected`` columns to ``RuleSession.step``. The features that features probes weigh are among
+those columns too (``probe_feature_columns`` picks them out for ``ProbeSet.score``), so one
+encode serves rules and probes.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ class ProbeNames(Protocol):
     def names(self) -> list[str]: ...
 
 
+def _probe_features(probes: ProbeNames | None) -> list[int]:
+    support = getattr(probes, "feature_support", None)
+    return [int(f) for f in support] if support is not None else []
+
+
 @dataclass(frozen=True)
 class CompiledSignal:
     signal: Signal
@@ -70,14 +77,22 @@ class RuleEngine:
         probe_names = list(probes.names) if probes is not None else []
         probe_cols = {name: i for i, name in enumerate(probe_names)}
         enabled = [r for r in rules if r.enabled]
+        probe_features = _probe_features(probes)
         features = sorted({
             s.feature for r in enabled for s in r.when.signals() if s.feature is not None
-        })
+        } | set(probe_features))
         for rule in enabled:
             _check_rule(rule, d_sae, probe_cols)
+        if d_sae is not None and probe_features and max(probe_features) >= d_sae:
+            raise UnknownFeatureError(
+                f"probes: feature {max(probe_features)} out of range (the SAE has {d_sae})")
         self._feature_cols = {f: i for i, f in enumerate(features)}
         self.signal_features: Tensor = torch.tensor(features, dtype=torch.int64)
-        """Feature indices the rules read, ascending; column order of ``feature_values``."""
+        """Feature indices the rules and features probes read, ascending; column order of
+        ``feature_values``."""
+        self.probe_feature_columns: Tensor = torch.tensor(
+            [self._feature_cols[f] for f in probe_features], dtype=torch.int64)
+        """Columns of ``feature_values`` holding ``probes.feature_support``, in its order."""
         self.probe_names: list[str] = probe_names
         """Probe names in column order of ``probe_values``."""
         self.rules: dict[str, CompiledRule] = {}

@@ -66,16 +66,21 @@ def test_eval_end_to_end(rows: list[dict], tmp_path: Path, capsys) -> None:
     sae = build_tiny_sae(tmp_path / "sae", layer=1)
     out = tmp_path / "out"
     assert de.main(["--model", str(model), "--sae", str(sae), "--data", str(data), "--out",
-                    str(out), "--probe-l2", "1e-2"]) == 0
+                    str(out), "--probe-l2", "1e-2", "--n-features", "8"]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert set(m["per_category"]) == {"false_claim", "knowing_lie", "denial", "manipulation"}
     for per in m["per_category"].values():
-        assert set(per) == {"feature", "probe (mean)", "probe (max)"}
+        assert set(per) == {"feature", "SAE weighted", "probe (mean)", "probe (max)"}
         assert all(0.0 <= v <= 1.0 for v in per.values())
     pack = load_rule_pack((out / "rules.yaml").read_text())
     rule = {r.name: r for r in pack.rules}["deception"]
     assert rule.action.type == "alert" and rule.when.signal is not None
     assert rule.when.signal.probe == "deception"
     assert rule.when.signal.threshold == pytest.approx(m["probe_max"]["threshold"], rel=1e-5)
-    assert ProbeSet.load(out / "probes", d_in=64).names == ["deception"]
+    probes = ProbeSet.load(out / "probes", d_in=64, d_sae=256)
+    assert probes.names == ["deception-sae", "deception"]
+    assert 1 <= len(probes.probe("deception-sae").weights()) <= 8
+    assert m["rule_weighted"]["n_features"] == 8 and m["rule_weighted"]["n_features_cv_auroc"] == {}
+    sae_rule = {r.name: r for r in pack.rules}["deception-sae"]
+    assert sae_rule.when.signal is not None and sae_rule.when.signal.probe == "deception-sae"
     assert "held-out AUROC per category" in capsys.readouterr().out

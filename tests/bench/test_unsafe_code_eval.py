@@ -37,7 +37,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_eval_end_to_end(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_eval_end_to_end(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # the table's headers on one line each
     model = build_tiny_model(tmp_path / "model")
     sae = build_tiny_sae(tmp_path / "sae", layer=1)
     out = tmp_path / "out"
@@ -65,12 +67,24 @@ def test_eval_end_to_end(data: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
                                                              rel=1e-5)
     assert feature_rule.when.signal.feature == m["rule"]["feature"]
     assert feature_rule.when.signal.threshold == pytest.approx(m["rule"]["threshold"], rel=1e-5)
-    probes = ProbeSet.load(out / "probes", d_in=64)
-    assert probes.names == ["unsafe-code"]
+    probes = ProbeSet.load(out / "probes", d_in=64, d_sae=256)
+    assert probes.names == ["unsafe-code-sae", "unsafe-code"]  # sorted by file name
+    weighted = m["rule_weighted"]
+    assert 1 <= len(weighted["weights"]) <= weighted["n_features"]
+    assert set(weighted["n_features_cv_auroc"]) == {"16", "32", "64", "128"}
+    sae_probe = probes.probe("unsafe-code-sae")
+    assert sae_probe.meta.input == "features"
+    assert sorted(f for f, _ in sae_probe.weights()) == sorted(
+        w["feature"] for w in weighted["weights"])
+    sae_rule = rules["unsafe-code-sae"]
+    assert sae_rule.when.signal is not None and sae_rule.when.signal.probe == "unsafe-code-sae"
+    assert sae_rule.when.signal.threshold == pytest.approx(weighted["threshold"], rel=1e-5)
     probe = probes.probe("unsafe-code")
     assert probe.meta.layer == 1
     assert probe.meta.bias == pytest.approx(m["probe_max"]["bias"])
-    assert "SAE rule (feature" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "SAE rule (feature" in shown
+    assert f"SAE rule: {len(weighted['weights'])} weighted features" in shown
     catalog = FeatureCatalog.load(out / "features.json", d_sae=256)
     assert catalog.get(m["rule"]["feature"]).label == "unsafe Python code (bandit)"
 

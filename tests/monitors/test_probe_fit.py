@@ -7,7 +7,11 @@ import torch
 
 from latentguard.monitors.discovery import auroc
 from latentguard.monitors.probe_fit import (
-    choose_l2,
+    Codes,
+    choose_by_cv,
+    feature_rows,
+    feature_scores,
+    fit_feature_probe,
     fit_max_probe,
     fit_mean_probe,
     max_scores,
@@ -24,7 +28,7 @@ def test_mean_probe_separates_a_planted_direction() -> None:
     scores = mean_scores(x, direction, bias)
     assert int(direction.abs().argmax()) == 3
     assert float(((scores > 0).long() == y).double().mean()) > 0.95  # balanced at 0
-    l2, cv = choose_l2(fit_mean_probe, mean_scores, list(x), y,
+    l2, cv = choose_by_cv(fit_mean_probe, mean_scores, list(x), y,
                        [f"f{i % 10}.py" for i in range(200)], [1e-3, 1e2])
     assert set(cv) == {"0.001", "100"} and l2 in (1e-3, 1e2)
     assert all(v is not None and 0.5 < v <= 1.0 for v in cv.values())
@@ -64,3 +68,38 @@ def test_fit_errors_name_the_problem() -> None:
         fit_max_probe(rows, torch.tensor([1, 0, 1]))
     with pytest.raises(ValueError, match="at least one token"):
         fit_max_probe([torch.randn(3, 4), torch.zeros(0, 4)], torch.tensor([1, 0]))
+
+
+def _codes(n: int, gen: torch.Generator, d_sae: int = 64, k: int = 4
+           ) -> tuple[list[Codes], torch.Tensor]:
+    """Sparse codes of 10-30 tokens (k random features each); in positives ONE token has
+    feature 10 at 3.0, and feature 11 fires as often in both classes."""
+    codes, labels = [], []
+    for i in range(n):
+        t = int(torch.randint(10, 30, (1,), generator=gen))
+        idx = torch.stack([torch.randperm(d_sae - 12, generator=gen)[:k] + 12 for _ in range(t)])
+        val = torch.rand(t, k, generator=gen)
+        if i % 2:
+            idx[int(torch.randint(0, t, (1,), generator=gen)), 0] = 11
+        if i % 3 == 0:
+            row = int(torch.randint(0, t, (1,), generator=gen))
+            idx[row, 1], val[row, 1] = 10, 3.0
+        codes.append(Codes(val, idx))
+        labels.append(int(i % 3 == 0))
+    return codes, torch.tensor(labels)
+
+
+def test_feature_probe_keeps_few_features_and_finds_the_planted_one() -> None:
+    gen = torch.Generator().manual_seed(2)
+    (codes, y), (t_codes, t_y) = _codes(240, gen), _codes(120, gen)
+    direction, bias = fit_feature_probe(codes, y, d_sae=64, n_features=5)
+    assert direction.shape == (64,) and 1 <= int((direction != 0).sum()) <= 5
+    assert int(direction.abs().argmax()) == 10 and float(direction[10]) > 0
+    s = feature_scores(t_codes, direction, bias)
+    assert float(auroc(s[t_y == 1], s[t_y == 0])) > 0.97
+    # The score is the max over tokens of a weighted sum of the features, as the sidecar
+    # computes it from the gathered activations of the probe's features.
+    support = direction.nonzero().flatten()
+    dense = feature_rows(t_codes[:3], support)
+    torch.testing.assert_close(s[:3], torch.stack([(r @ direction[support] + bias).max()
+                                                   for r in dense]))

@@ -220,3 +220,22 @@ def test_engine_matches_brute_force(values, data, scope, op, threshold, window, 
     for h, (_, agg) in zip(got, want, strict=True):
         assert h.score == pytest.approx(agg, abs=1e-9)
         assert h.rule == "r" and h.explanation
+
+
+class FeatureProbes:
+    names = ["deception", "code-sae"]
+    feature_support = torch.tensor([5, 40])
+
+
+def test_features_probes_add_their_features_to_the_encode():
+    engine = RuleEngine([rule("a", {"feature": 40, "threshold": 1}),
+                         rule("b", {"probe": "code-sae", "threshold": 0.5})],
+                        probes=FeatureProbes(), d_sae=64)
+    # One encode gathers the rule's feature and the probes' features; the probe columns are
+    # picked out of it in the probe set's order.
+    assert engine.signal_features.tolist() == [5, 40]
+    assert engine.probe_feature_columns.tolist() == [0, 1]
+    _, hits = run(engine, [[9.0, 2.0]], pv=torch.tensor([[0.0, 0.7]]))
+    assert sorted(h.rule for h in hits) == ["a", "b"]
+    with pytest.raises(UnknownFeatureError, match="feature 40 out of range"):
+        RuleEngine([], probes=FeatureProbes(), d_sae=16)
