@@ -61,7 +61,7 @@ from latentguard.monitors.probe_fit import (
     mean_scores,
     screen_features,
 )
-from latentguard.monitors.probes import Probe, ProbeMeta
+from latentguard.monitors.probes import Probe, ProbeMeta, nonzero_weights
 from latentguard.monitors.rules import load_rule_pack
 from latentguard.server.discovery import TextEncoder, load_catalog, load_sae_for, progress_bar
 
@@ -222,14 +222,11 @@ def weighted_rule(train: tuple[list[Codes], Tensor], test: tuple[list[Codes], Te
     s_train, s_test = feature_scores(codes, direction, bias), feature_scores(t_codes, direction,
                                                                              bias)
     t = threshold_at_fpr(s_train[y == 0], FPR)
-    nz = direction.nonzero().flatten()
-    order = direction[nz].abs().argsort(descending=True)
     return {"n_features": int(n), "n_features_cv_auroc": cv, "l2": l2, "bias": bias,
             "threshold": t, "train_auroc": float(auroc(s_train[y == 1], s_train[y == 0])),
             "train_recall_at_threshold": float((s_train[y == 1] > t).double().mean()),
             "heldout": heldout_metrics(s_test[t_y == 1], s_test[t_y == 0], t),
-            "weights": [{"feature": int(nz[i]), "weight": float(direction[nz[i]])}
-                        for i in order],
+            "weights": [{"feature": f, "weight": w} for f, w in nonzero_weights(direction)],
             "_direction": direction}
 
 

@@ -111,23 +111,33 @@ def fit_max_probe(rows: Sequence[Tensor], y: Tensor, l2: float = 1e-2, steps: in
     _check_texts(rows, y, [len(r) for r in rows])
     torch.manual_seed(seed)
     cat = torch.cat([r.float() for r in rows])
-    lengths = torch.tensor([len(r) for r in rows])
-    segment = torch.repeat_interleave(torch.arange(len(rows)), lengths)
     mu, sd = cat.mean(0), cat.std(0).clamp_min(1e-6)
     z = (cat - mu) / sd
-    y = y.detach().float()
-    pos_weight = _pos_weight(y).float()
-    w = torch.zeros(cat.shape[1], requires_grad=True)
+    w, b = _fit_smooth_max(lambda w, b: z @ w + b, cat.shape[1], [len(r) for r in rows], y, l2,
+                           steps, lr, sharpness)
+    return _unfold(w.double(), b.double(), mu.double(), sd.double())
+
+
+def _fit_smooth_max(logits: Callable[[Tensor, Tensor], Tensor], width: int,
+                    lengths: Sequence[int], y: Tensor, l2: float, steps: int, lr: float,
+                    sharpness: float) -> tuple[Tensor, Tensor]:
+    """Adam on the class-balanced logistic loss of each text's smooth max of the per-token
+    ``logits(w, b)`` (all texts' tokens concatenated) plus ``l2 * |w|^2``: (w, b)."""
+    n_tokens = torch.tensor(list(lengths))
+    segment = torch.repeat_interleave(torch.arange(len(n_tokens)), n_tokens)
+    yf = y.detach().float()
+    pos_weight = _pos_weight(yf).float()
+    w = torch.zeros(width, requires_grad=True)
     b = torch.zeros((), requires_grad=True)
     opt = torch.optim.Adam([w, b], lr=lr)
     with torch.enable_grad():
         for _ in range(steps):
             opt.zero_grad()
-            pooled = _smooth_max(z @ w + b, segment, lengths, sharpness)
-            loss = F.binary_cross_entropy_with_logits(pooled, y, pos_weight=pos_weight)
+            pooled = _smooth_max(logits(w, b), segment, n_tokens, sharpness)
+            loss = F.binary_cross_entropy_with_logits(pooled, yf, pos_weight=pos_weight)
             (loss + l2 * w.square().sum()).backward()
             opt.step()
-    return _unfold(w.double(), b.double(), mu.double(), sd.double())
+    return w.detach(), b.detach()
 
 
 def _smooth_max(logits: Tensor, segment: Tensor, lengths: Tensor, sharpness: float) -> Tensor:
@@ -146,11 +156,9 @@ def _check_texts(texts: Sequence[object], y: Tensor, lengths: Sequence[int]) -> 
         raise ValueError("rows: every text needs at least one token")
 
 
-def feature_rows(codes: Sequence[Codes], support: Tensor) -> list[Tensor]:
+def feature_rows(codes: Sequence[Codes], support: Tensor, d_sae: int) -> list[Tensor]:
     """Each text's dense activations ``[T, len(support)]`` of the ``support`` features."""
-    d = int(max((int(c.indices.max()) for c in codes if c.indices.numel()), default=0))
-    d = max(d, int(support.max()) if support.numel() else 0) + 1
-    column = torch.full((d,), len(support), dtype=torch.int64)
+    column = torch.full((d_sae,), len(support), dtype=torch.int64)
     column[support] = torch.arange(len(support))
     out = []
     for c in codes:
@@ -178,23 +186,11 @@ def screen_features(codes: Sequence[Codes], y: Tensor, d_sae: int, l2: float = 1
     torch.manual_seed(seed)
     values = torch.cat([c.values.float() for c in codes])
     indices = torch.cat([c.indices for c in codes])
-    lengths = torch.tensor([len(c.values) for c in codes])
-    segment = torch.repeat_interleave(torch.arange(len(codes)), lengths)
     scale = torch.zeros(d_sae).scatter_reduce(0, indices.flatten(), values.flatten(), "amax")
     scaled = values / scale.clamp_min(1e-6)[indices]
-    yf = y.detach().float()
-    pos_weight = _pos_weight(yf).float()
-    w = torch.zeros(d_sae, requires_grad=True)
-    b = torch.zeros((), requires_grad=True)
-    opt = torch.optim.Adam([w, b], lr=lr)
-    with torch.enable_grad():
-        for _ in range(steps):
-            opt.zero_grad()
-            pooled = _smooth_max((scaled * w[indices]).sum(1) + b, segment, lengths, sharpness)
-            loss = F.binary_cross_entropy_with_logits(pooled, yf, pos_weight=pos_weight)
-            (loss + l2 * w.square().sum()).backward()
-            opt.step()
-    return w.detach()
+    w, _ = _fit_smooth_max(lambda w, b: (scaled * w[indices]).sum(1) + b, d_sae,
+                           [len(c.values) for c in codes], y, l2, steps, lr, sharpness)
+    return w
 
 
 def fit_feature_probe(codes: Sequence[Codes], y: Tensor, d_sae: int, n_features: int = 64,
@@ -213,7 +209,7 @@ def fit_feature_probe(codes: Sequence[Codes], y: Tensor, d_sae: int, n_features:
     support = support[screened[support] != 0]
     if not support.numel():
         raise ValueError("codes: no feature is active in the training texts")
-    sub, bias = fit_max_probe(feature_rows(codes, support), y, l2, sharpness=sharpness,
+    sub, bias = fit_max_probe(feature_rows(codes, support, d_sae), y, l2, sharpness=sharpness,
                               seed=seed)
     direction = torch.zeros(d_sae)
     direction[support] = sub

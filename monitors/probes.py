@@ -32,7 +32,7 @@ from torch import Tensor
 from latentguard.monitors.errors import SAEFormatError, ShapeError, UnknownFeatureError
 from latentguard.monitors.sae.formats._io import read_json, read_safetensors
 
-__all__ = ["Probe", "ProbeMeta", "ProbeSet"]
+__all__ = ["Probe", "ProbeMeta", "ProbeSet", "nonzero_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,10 +78,7 @@ class Probe:
 
     def weights(self) -> list[tuple[int, float]]:
         """A features probe's nonzero weights ``(feature, weight)``, largest magnitude first."""
-        idx = self.direction.nonzero().flatten()
-        vals = self.direction[idx]
-        order = vals.abs().argsort(descending=True)
-        return [(int(idx[i]), float(vals[i])) for i in order]
+        return nonzero_weights(self.direction)
 
     def save(self, folder: str | Path) -> Path:
         """Write ``<name>.safetensors`` and ``<name>.json`` into ``folder``."""
@@ -225,6 +222,13 @@ class ProbeSet:
         if bool(self._sigmoid.any()):
             out = torch.where(self._sigmoid, out.sigmoid(), out)
         return out
+
+
+def nonzero_weights(direction: Tensor) -> list[tuple[int, float]]:
+    """The nonzero entries ``(index, weight)`` of a direction, largest magnitude first."""
+    idx = direction.nonzero().flatten()
+    vals = direction[idx]
+    return [(int(idx[i]), float(vals[i])) for i in vals.abs().argsort(descending=True)]
 
 
 def _width(probes: Sequence[Probe], what: str) -> int:

@@ -100,6 +100,6 @@ def test_feature_probe_keeps_few_features_and_finds_the_planted_one() -> None:
     # The score is the max over tokens of a weighted sum of the features, as the sidecar
     # computes it from the gathered activations of the probe's features.
     support = direction.nonzero().flatten()
-    dense = feature_rows(t_codes[:3], support)
+    dense = feature_rows(t_codes[:3], support, 64)
     torch.testing.assert_close(s[:3], torch.stack([(r @ direction[support] + bias).max()
                                                    for r in dense]))
