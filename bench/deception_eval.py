@@ -28,11 +28,12 @@ import unsafe_code_eval as uce
 from rich.console import Console
 from rich.table import Table
 
+from latentguard.lab.activations import TextEncoder
+from latentguard.lab.discovery import load_sae_for
 from latentguard.monitors.discovery import auroc
 from latentguard.monitors.probe_fit import feature_scores, max_scores, mean_scores
 from latentguard.monitors.probes import Probe, ProbeMeta
 from latentguard.monitors.rules import load_rule_pack
-from latentguard.server.discovery import TextEncoder, load_sae_for
 
 logger = logging.getLogger(__name__)
 

@@ -62,8 +62,8 @@ from serving import (
     write_pack,
 )
 
+from latentguard.cli.launcher import LOGITS_PROCESSOR, compiled_args, http_ok, wait_until
 from latentguard.monitors.sae import SAE, load_sae
-from latentguard.server.launcher import LOGITS_PROCESSOR, compiled_args, http_ok, wait_until
 
 log = logging.getLogger("serve_bench")
 console = Console()
@@ -474,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
                         else "bench/results/serve-cpu.json")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.model is None:
-        from latentguard.server.models import fetch_model
+        from latentguard.lab.models import fetch_model
 
         args.model = fetch_model("gemma-3-270m").folder
     sae = args.sae.resolve()

@@ -22,9 +22,9 @@ from typing import Any
 
 import yaml
 
+from latentguard.cli.client import connect
+from latentguard.cli.launcher import grpc_serving, wait_until
 from latentguard.monitors.rules import load_rule_pack
-from latentguard.server.cli.client import connect
-from latentguard.server.launcher import grpc_serving, wait_until
 from latentguard.v1 import traces_pb2
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def sidecar_process(data_dir: Path, *, sae: Path, rules: Path | None = None,
         env["LATENTGUARD_RULES_FILE"] = str(rules)
     log_path = data_dir / "sidecar.log"
     with log_path.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "latentguard.server.cli.main", "serve"],
+        proc = subprocess.Popen([sys.executable, "-m", "latentguard.cli.main", "serve"],
                                 env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         if cpus:

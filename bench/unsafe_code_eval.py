@@ -49,6 +49,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from latentguard.lab.activations import TextEncoder
+from latentguard.lab.discovery import load_catalog, load_sae_for, progress_bar
 from latentguard.monitors.discovery import auroc, recall_at_fpr, threshold_at_fpr
 from latentguard.monitors.probe_fit import (
     Codes,
@@ -63,7 +65,6 @@ from latentguard.monitors.probe_fit import (
 )
 from latentguard.monitors.probes import Probe, ProbeMeta, nonzero_weights
 from latentguard.monitors.rules import load_rule_pack
-from latentguard.server.discovery import TextEncoder, load_catalog, load_sae_for, progress_bar
 
 logger = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from latentguard.server.redis_server import RedisServer, find_redis_server, free_port
 from latentguard.server.store import Store
+from latentguard.server.store.embedded import RedisServer, find_redis_server, free_port
 
 # setuptools before any test module: torch (imported by vLLM) imports it, and its distutils shim
 # refuses to load once another package has imported the standard library's distutils.

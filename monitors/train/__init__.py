@@ -1,6 +1,6 @@
 """TopK SAE training math: the trainable SAE with AuxK, the trainer, metrics, batching.
 
-Pure torch, no model or file I/O (that is ``latentguard.server.training``).
+Pure torch, no model or file I/O (that is ``latentguard.lab.training``).
 """
 
 from latentguard.monitors.train.config import TrainerConfig

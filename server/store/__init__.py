@@ -17,8 +17,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from latentguard.server.redis_server import RedisServer
 from latentguard.server.store.alerts import AlertStream
+from latentguard.server.store.embedded import RedisServer
 from latentguard.server.store.keys import Keys
 from latentguard.server.store.traces import TraceStore
 from latentguard.server.store.versioned import VersionedStore

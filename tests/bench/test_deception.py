@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from latentguard.lab.tinymodel import build_tiny_model, build_tiny_sae
 from latentguard.monitors.probes import ProbeSet
 from latentguard.monitors.rules import load_rule_pack
-from latentguard.server.tinymodel import build_tiny_model, build_tiny_sae
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "bench"))
 

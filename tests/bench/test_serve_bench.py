@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from latentguard.lab.tinymodel import build_tiny_sae
 from latentguard.monitors.rules import load_rule_pack
 from latentguard.monitors.sae import load_sae
-from latentguard.server.tinymodel import build_tiny_sae
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "bench"))
 
@@ -99,7 +99,7 @@ def test_serve_bench_end_to_end_on_the_tiny_model(tmp_path: Path) -> None:
     import json
     import socket
 
-    from latentguard.server.tinymodel import build_tiny_model
+    from latentguard.lab.tinymodel import build_tiny_model
 
     model = build_tiny_model(tmp_path / "model")
     sae = build_tiny_sae(tmp_path / "sae")

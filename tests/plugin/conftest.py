@@ -3,41 +3,21 @@
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
-from latentguard.server.tinymodel import build_tiny_model, build_tiny_sae
+from latentguard.lab.tinymodel import build_tiny_model, build_tiny_sae
+from tests.plugin.helpers import LAYER, Rows
 from tests.server.helpers import RunningSidecar, running_sidecar
-
-LAYER = 0  # not the last layer: HF's last hidden state has the final norm applied
 
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("tiny")
     return build_tiny_model(root / "model"), build_tiny_sae(root / "sae", layer=LAYER)
-
-
-class Rows:
-    """What the sidecar received: rows by (request tag, position)."""
-
-    def __init__(self) -> None:
-        self.rows: dict[str, dict[int, torch.Tensor]] = defaultdict(dict)
-        self.tokens: dict[str, dict[int, int]] = defaultdict(dict)
-
-    def __call__(self, tag: str, positions: list[int], ids: list[int], rows: Any) -> None:
-        for p, t, r in zip(positions, ids, rows, strict=True):
-            self.rows[tag][p] = r
-            self.tokens[tag][p] = t
-
-    def clear(self) -> None:
-        self.rows.clear()
-        self.tokens.clear()
 
 
 def plain_compiled_run(llm_class: Any, model: Path, logits_processor: Any) -> None:

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from latentguard.monitors.sae import load_sae
-from latentguard.server.records import TraceFilter, TraceRecord
-from tests.plugin.conftest import LAYER
+from tests.plugin.helpers import LAYER, traces
 
 PROMPTS = {"A": "def add(a, b):", "B": "Hello, world! How are you"}
 EOS = 1
@@ -26,19 +25,6 @@ def generate(llm: Any, tags: dict[str, dict[str, Any]], max_tokens: int = 10
               for n in names]
     outs = llm.generate([PROMPTS[n] for n in names], params, use_tqdm=False)
     return {n: o.outputs[0] for n, o in zip(names, outs, strict=True)}
-
-
-def traces(sidecar: Any, tags: list[str], timeout: float = 15.0) -> dict[str, TraceRecord]:
-    store = sidecar.sidecar.store
-    deadline = time.monotonic() + timeout
-    while True:
-        sidecar.run(sidecar.sidecar.runtime.writer.flush())
-        page, _ = sidecar.run(store.traces.list(TraceFilter(page_size=1000)))
-        found = {t.request_tag: t.id for t in page if t.request_tag in tags}
-        if len(found) == len(tags):
-            return {tag: sidecar.run(store.traces.get(i)) for tag, i in found.items()}
-        assert time.monotonic() < deadline, f"traces for {set(tags) - set(found)} never came"
-        time.sleep(0.1)
 
 
 def request(tag: str, **extra: Any) -> dict[str, Any]:

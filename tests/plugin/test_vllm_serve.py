@@ -18,8 +18,8 @@ import grpc
 import httpx
 import pytest
 
-from latentguard.server.cli.main import main as cli
-from latentguard.server.redis_server import free_port
+from latentguard.cli.main import main as cli
+from latentguard.server.store.embedded import free_port
 from latentguard.v1 import monitor_pb2, monitor_pb2_grpc, traces_pb2, traces_pb2_grpc
 
 RULES = """\
@@ -84,7 +84,7 @@ def stack(tiny: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
            "LATENTGUARD_RULES_FILE": str(rules), "VLLM_CPU_KVCACHE_SPACE": "1"}
     log = open(data / "stack.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "latentguard.server.cli.main", "vllm", str(model),
+        [sys.executable, "-m", "latentguard.cli.main", "vllm", str(model),
          "--port", str(port), "--dtype", "float32", "--max-model-len", "512"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     s = Stack(proc, data, port, str(model))

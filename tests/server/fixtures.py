@@ -18,6 +18,27 @@ from latentguard.v1 import common_pb2, monitor_pb2, monitor_pb2_grpc
 D_IN, D_SAE = 16, 32
 HOOK = "blocks.1.hook_resid_post"
 
+#: Rules over the tiny SAE's readable features: a block, a window alert, a steer.
+RULES = """\
+rules:
+  - name: unsafe-code
+    description: feature 3 high on a generated token
+    severity: high
+    when: {feature: 3, threshold: 2.0}
+    action: {type: block}
+  - name: watch-5
+    severity: low
+    scope: both
+    when: {feature: 5, threshold: 1.0, window: {size: 2, agg: sum}}
+  - name: calm-down
+    severity: medium
+    when: {feature: 7, threshold: 3.0}
+    action: {type: steer, steer: {mode: clamp, features: [{feature: 7, value: 0.5}], tokens: 4}}
+policies:
+  - {name: default, rules: ["*"]}
+  - {name: quiet, monitoring: false}
+"""
+
 
 def build_sae(folder: Path) -> Path:
     """Feature i reads input dimension i % 16 (features 16.. read it negated), ReLU, no bias:

@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from latentguard.server.app import Sidecar
 from latentguard.server.config import Settings
 from latentguard.server.telemetry import Telemetry, setup_telemetry
+from latentguard.v1 import common_pb2, rules_pb2
 
 
 class RunningSidecar:
@@ -77,3 +78,11 @@ def running_sidecar(data_dir: Path, **settings: Any) -> Iterator[RunningSidecar]
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+def signal_rule(name: str, feature: int = 3, threshold: float = 1.0) -> rules_pb2.Rule:
+    return rules_pb2.Rule(
+        name=name, severity=common_pb2.SEVERITY_HIGH,
+        when=rules_pb2.Condition(signal=rules_pb2.Signal(feature=feature, threshold=threshold)),
+        action=rules_pb2.Action(type=common_pb2.ACTION_TYPE_ALERT),
+    )

@@ -7,7 +7,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from latentguard.server.cli.main import main as cli
+from latentguard.cli.main import main as cli
 from latentguard.v1 import features_pb2, features_pb2_grpc
 from tests.server.fixtures import D_SAE, build_sae
 from tests.server.helpers import running_sidecar

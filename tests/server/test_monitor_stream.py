@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from latentguard.server.cli.main import main as cli
+from latentguard.cli.main import main as cli
 from latentguard.v1 import (
     common_pb2,
     monitor_pb2,
@@ -18,28 +18,8 @@ from latentguard.v1 import (
     traces_pb2,
     traces_pb2_grpc,
 )
-from tests.server.fixtures import D_IN, D_SAE, StreamDriver, build_sae, rows
+from tests.server.fixtures import D_IN, D_SAE, RULES, StreamDriver, build_sae, rows
 from tests.server.helpers import running_sidecar
-
-RULES = """\
-rules:
-  - name: unsafe-code
-    description: feature 3 high on a generated token
-    severity: high
-    when: {feature: 3, threshold: 2.0}
-    action: {type: block}
-  - name: watch-5
-    severity: low
-    scope: both
-    when: {feature: 5, threshold: 1.0, window: {size: 2, agg: sum}}
-  - name: calm-down
-    severity: medium
-    when: {feature: 7, threshold: 3.0}
-    action: {type: steer, steer: {mode: clamp, features: [{feature: 7, value: 0.5}], tokens: 4}}
-policies:
-  - {name: default, rules: ["*"]}
-  - {name: quiet, monitoring: false}
-"""
 
 
 @pytest.fixture

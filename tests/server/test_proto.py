@@ -1,4 +1,4 @@
-from latentguard.server.protogen import stale_files
+from latentguard.protogen import stale_files
 
 
 def test_generated_code_matches_the_protos() -> None:

@@ -10,9 +10,9 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from latentguard.server.cli.main import main as cli
+from latentguard.cli.main import main as cli
 from latentguard.v1 import common_pb2, rules_pb2, rules_pb2_grpc
-from tests.server.helpers import running_sidecar
+from tests.server.helpers import running_sidecar, signal_rule
 
 PACK = """\
 rules:
@@ -38,14 +38,6 @@ policies:
 def sidecar(tmp_path: Path):
     with running_sidecar(tmp_path / "data") as running:
         yield running
-
-
-def signal_rule(name: str, feature: int = 3, threshold: float = 1.0) -> rules_pb2.Rule:
-    return rules_pb2.Rule(
-        name=name, severity=common_pb2.SEVERITY_HIGH,
-        when=rules_pb2.Condition(signal=rules_pb2.Signal(feature=feature, threshold=threshold)),
-        action=rules_pb2.Action(type=common_pb2.ACTION_TYPE_ALERT),
-    )
 
 
 def violations(err: grpc.RpcError) -> list[tuple[str, str]]:

@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from latentguard.server.auth import PERMISSIONS, hash_token
 from latentguard.server.config import TokenEntry
-from latentguard.server.redis_server import free_port
+from latentguard.server.store.embedded import free_port
 from latentguard.v1 import (
     features_pb2,
     monitor_pb2,
@@ -20,8 +20,7 @@ from latentguard.v1 import (
     traces_pb2,
     traces_pb2_grpc,
 )
-from tests.server.helpers import running_sidecar
-from tests.server.test_rules_api import signal_rule
+from tests.server.helpers import running_sidecar, signal_rule
 
 TOKENS = {"reader": "r-secret", "reviewer": "v-secret", "admin": "a-secret",
           "monitor": "m-secret"}

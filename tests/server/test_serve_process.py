@@ -11,16 +11,15 @@ from pathlib import Path
 
 import grpc
 
-from latentguard.server.cli.main import main as cli
+from latentguard.cli.main import main as cli
 from latentguard.v1 import monitor_pb2, traces_pb2, traces_pb2_grpc
-from tests.server.fixtures import StreamDriver, build_sae, rows
-from tests.server.test_monitor_stream import RULES
+from tests.server.fixtures import RULES, StreamDriver, build_sae, rows
 
 
 def serve(data: Path, sae: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "LATENTGUARD_DATA_DIR": str(data), "LATENTGUARD_SAE_PATH": str(sae)}
     env.pop("LATENTGUARD_REDIS_URL", None)
-    proc = subprocess.Popen([sys.executable, "-m", "latentguard.server.cli.main", "serve"],
+    proc = subprocess.Popen([sys.executable, "-m", "latentguard.cli.main", "serve"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     target = f"unix://{data / 'latentguard.sock'}"
     deadline = time.monotonic() + 60

@@ -192,7 +192,7 @@ async def test_embedded_store_survives_restart(tmp_path) -> None:
 
 
 async def test_a_second_store_on_the_same_data_dir_is_refused(tmp_path) -> None:
-    from latentguard.server.redis_server import RedisServerError
+    from latentguard.server.store.embedded import RedisServerError
 
     first = await Store.open(None, tmp_path)
     try:

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
+from latentguard.lab import training as T
+from latentguard.lab.activations import layer_rows
 from latentguard.monitors.sae import SAE, load_sae, save_saelens
 from latentguard.monitors.train import SAETrainer
-from latentguard.server import training as T
 
 p = argparse.ArgumentParser()
 p.add_argument("run", type=Path)
@@ -78,7 +79,7 @@ def fvu(acts: torch.Tensor, sae: SAE, x: torch.Tensor) -> float:
 
 for label, text in texts.items():
     ids = torch.tensor([[bos, *tok(text, add_special_tokens=False)["input_ids"]]])
-    x = T.layer_rows(model, cfg.layer, ids, 1)
+    x = layer_rows(model, cfg.layer, ids, 1)
     a32, a16 = sae32.encode(x), back.encode(x)
     top32 = a32.topk(cfg.sae.k).indices.sort(1).values
     top16 = a16.topk(cfg.sae.k).indices.sort(1).values

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from latentguard.cli.main import build_parser, main
+from latentguard.lab import training
+from latentguard.lab.activations import layer_rows
+from latentguard.lab.tinymodel import build_tiny_model
 from latentguard.monitors.sae import TopKSAE, load_sae
 from latentguard.monitors.train import SAETrainer, StepStats
-from latentguard.server import training
-from latentguard.server.cli.main import build_parser, main
-from latentguard.server.tinymodel import build_tiny_model
 
 CORPUS = Path(json.__file__).parent  # the json package of the standard library: 5 documents
 SETTINGS = [
@@ -95,14 +96,14 @@ def test_saved_folder_loads_back_and_encodes_with_the_same_numbers(
     exported = trainer.export(hook_name=sae.hook_name, layer=1)
     model, _ = training.load_model(cfg)
     ids = torch.randint(2, 300, (3, 32))
-    rows = training.layer_rows(model, 1, ids, 4)
+    rows = layer_rows(model, 1, ids, 4)
     assert rows.shape == (3 * 31, 64)
     torch.testing.assert_close(sae.encode(rows), exported.encode(rows))
     # The rows are the residual stream after the decoder layer: HF's hidden_states[L + 1],
     # which for the last layer has the final norm applied already.
     with torch.no_grad():
         hidden = model(input_ids=ids, output_hidden_states=True).hidden_states
-        torch.testing.assert_close(training.layer_rows(model, 0, ids, 4),
+        torch.testing.assert_close(layer_rows(model, 0, ids, 4),
                                    hidden[1][:, 1:].flatten(0, 1))
         torch.testing.assert_close(model.model.norm(rows), hidden[2][:, 1:].flatten(0, 1))
     # Evaluating the loaded SAE gives the recorded metrics.

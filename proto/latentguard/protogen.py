@@ -1,6 +1,6 @@
 """Regenerate (or check) the Python code generated from proto/latentguard/v1/*.proto.
 
-`python -m latentguard.server.protogen` rewrites the generated files; `--check` only reports
+`python -m latentguard.protogen` rewrites the generated files; `--check` only reports
 whether the committed ones are current (the test suite runs that).
 """
 
@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-PROTO_ROOT = Path(__file__).resolve().parent.parent / "proto"
+PROTO_ROOT = Path(__file__).resolve().parent.parent
 API_DIR = PROTO_ROOT / "latentguard" / "v1"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 

@@ -51,7 +51,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from latentguard.server.models.registry import ModelSpec, Wheel, get_spec
+from latentguard.lab.models.registry import ModelSpec, Wheel, get_spec
 
 log = logging.getLogger(__name__)
 

@@ -8,19 +8,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from latentguard.monitors.discovery import Context, pool, rank_features
-from latentguard.monitors.sae import load_sae
-from latentguard.server.cli.main import main
-from latentguard.server.discovery import (
+from latentguard.cli.main import main
+from latentguard.lab.activations import TextEncoder
+from latentguard.lab.discovery import (
     DiscoveryError,
-    TextEncoder,
     TokenContext,
     context_text,
     contrast,
     read_texts,
     top,
 )
-from latentguard.server.tinymodel import build_tiny_model, build_tiny_sae
+from latentguard.lab.tinymodel import build_tiny_model, build_tiny_sae
+from latentguard.monitors.discovery import Context, pool, rank_features
+from latentguard.monitors.sae import load_sae
 
 CODE = ["import os\nos.system(user_input)\n", "eval(input())", "os.system('rm -rf ' + path)",
         "exec(open(name).read())"]

@@ -34,6 +34,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from latentguard.lab.activations import decoder_layers, layer_rows
+from latentguard.lab.errors import TrainingError
 from latentguard.monitors.sae import SAE, save_saelens
 from latentguard.monitors.train import (
     ReconstructionStats,
@@ -51,10 +53,6 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR, METRICS_FILE, RUN_FILE = "checkpoint", "metrics.json", "training.json"
 _RESUMABLE_CHANGES = {"checkpoint_every", "eval_tokens", "eval_lm_contexts", "model_batch"}
-
-
-class TrainingError(Exception):
-    """A user-facing failure: bad settings, missing files, a checkpoint that does not fit."""
 
 
 class TrainRunConfig(BaseModel):
@@ -209,10 +207,6 @@ def _take(contexts: Iterator[Tensor], n: int, what: str = "training") -> Tensor:
 
 # ---- model ----------------------------------------------------------------------------------
 
-class _StopForward(Exception):
-    """Raised by the capture hook: nothing after the layer needs computing."""
-
-
 def load_model(cfg: TrainRunConfig) -> tuple[nn.Module, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -225,39 +219,6 @@ def load_model(cfg: TrainRunConfig) -> tuple[nn.Module, Any]:
     if cfg.layer >= n_layers:
         raise TrainingError(f"layer: {cfg.layer} is out of range (the model has {n_layers})")
     return model, tokenizer
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    for path in ("model.layers", "model.language_model.layers", "transformer.h",
-                 "gpt_neox.layers", "model.decoder.layers"):
-        try:
-            mod = model.get_submodule(path)
-        except AttributeError:
-            continue
-        if isinstance(mod, nn.ModuleList):
-            return mod
-    raise TrainingError(f"model: cannot find the decoder layers of {type(model).__name__}")
-
-
-@torch.no_grad()
-def layer_rows(model: nn.Module, layer: int, contexts: Tensor, model_batch: int) -> Tensor:
-    """[n * (ctx_len - 1), d] fp32 residual rows after ``layer`` (position 0 left out)."""
-    captured: list[Tensor] = []
-
-    def hook(_mod: nn.Module, _inp: Any, out: Any) -> None:
-        captured.append((out[0] if isinstance(out, tuple) else out)[:, 1:].float())
-        raise _StopForward
-
-    handle = decoder_layers(model)[layer].register_forward_hook(hook)
-    try:
-        for chunk in contexts.split(model_batch):
-            try:
-                model(input_ids=chunk, use_cache=False)
-            except _StopForward:
-                pass
-    finally:
-        handle.remove()
-    return torch.cat(captured).flatten(0, 1)
 
 
 # ---- training -------------------------------------------------------------------------------

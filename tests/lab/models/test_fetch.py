@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from latentguard.server.cli.main import main
-from latentguard.server.models import fetch as fetch_mod
-from latentguard.server.models import registry
-from latentguard.server.models.fetch import (
+from latentguard.cli.main import main
+from latentguard.lab.models import fetch as fetch_mod
+from latentguard.lab.models import registry
+from latentguard.lab.models.fetch import (
     MARKER,
     ChecksumError,
     DiskSpaceError,
@@ -31,8 +31,8 @@ from latentguard.server.models.fetch import (
     verify_file,
     write_marker,
 )
-from latentguard.server.models.registry import GEMMA_3_270M, MODELS, ModelSpec, Wheel
-from tests.models.tinygguf import build_tiny_llama, sha256, write_gguf, write_wheel
+from latentguard.lab.models.registry import GEMMA_3_270M, MODELS, ModelSpec, Wheel
+from tests.lab.models.tinygguf import build_tiny_llama, sha256, write_gguf, write_wheel
 
 needs_convert = pytest.mark.skipif(
     any(importlib.util.find_spec(m) is None for m in ("gguf", "transformers", "accelerate")),
@@ -336,7 +336,7 @@ def test_cli_reports_fetch_errors(monkeypatch: pytest.MonkeyPatch,
         raise DiskSpaceError("not enough disk space in /x: the fetch needs about 1.80 GB")
 
     monkeypatch.setattr(fetch_mod, "fetch_model", fail)
-    monkeypatch.setattr("latentguard.server.models.fetch_model", fail)
+    monkeypatch.setattr("latentguard.lab.models.fetch_model", fail)
     assert main(["model", "fetch", "gemma-3-270m", "--quiet"]) == 1
     assert "model fetch gemma-3-270m: not enough disk space" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:

@@ -1,6 +1,6 @@
 """Checks that a fetched model folder works: greedy tokens with transformers, and with vLLM.
 
-`python -m latentguard.server.models.check DIR [--vllm]` prints the completions and timings as
+`python -m latentguard.lab.models.check DIR [--vllm]` prints the completions and timings as
 JSON (vLLM starts worker processes with spawn, hence the module entry point).
 """
 

@@ -1,7 +1,7 @@
 """``latentguard features contrast`` and ``features top``: feature discovery on real text.
 
 Texts go through the HF model, which stops right after the SAE's layer (the capture of
-:func:`latentguard.server.training.layer_rows`), each starting with BOS, whose row is left out
+:func:`latentguard.lab.training.layer_rows`), each starting with BOS, whose row is left out
 as in training. Texts are sorted by length and run in right-padded batches: the models are
 causal, so the padding never changes the rows of the real tokens, and padded rows are dropped.
 The ranking and context logic is :mod:`latentguard.monitors.discovery`.
@@ -13,36 +13,32 @@ import argparse
 import json
 import logging
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
-from torch import Tensor, nn
+from torch import Tensor
 
+from latentguard.lab.activations import TextEncoder
+from latentguard.lab.errors import DiscoveryError
 from latentguard.monitors.catalog import FeatureCatalog
 from latentguard.monitors.discovery import Context, FeatureScore, rank_features, top_contexts
 from latentguard.monitors.errors import MonitorError
 from latentguard.monitors.sae import SAE, load_sae
-from latentguard.server.training import decoder_layers, layer_rows
 
 __all__ = [
-    "DiscoveryError", "TextEncoder", "add_contrast_arguments", "add_top_arguments",
+    "DiscoveryError", "add_contrast_arguments", "add_top_arguments",
     "contrast", "read_texts", "run_contrast", "run_top", "top",
 ]
 
 logger = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = (".py", ".txt", ".md", ".rst", ".json", ".jsonl")
-
-
-class DiscoveryError(Exception):
-    """A user-facing failure: missing files, a model or SAE that does not load or fit."""
 
 
 # ---- texts ----------------------------------------------------------------------------------
@@ -134,72 +130,6 @@ def _jsonl_texts(path: Path, where: dict[str, str] | None = None) -> list[str]:
 
 
 # ---- model ----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Encoded:
-    """One text through the model: its token ids (BOS left out) and residual rows."""
-
-    index: int
-    ids: list[int]
-    rows: Tensor
-    """[len(ids), d_model] fp32 residual stream after the layer."""
-
-
-class TextEncoder:
-    """An HF model cut after ``layer``, turning texts into residual rows."""
-
-    def __init__(self, model: nn.Module, tokenizer: Any, layer: int, *, max_tokens: int = 256,
-                 batch: int = 8) -> None:
-        n_layers = len(decoder_layers(model))
-        if not 0 <= layer < n_layers:
-            raise DiscoveryError(f"layer: {layer} is out of range (the model has {n_layers})")
-        self.model, self.tokenizer, self.layer = model, tokenizer, layer
-        self.max_tokens, self.batch = max_tokens, batch
-        bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-        if bos is None and eos is None:
-            raise DiscoveryError("model: its tokenizer has neither a BOS nor an EOS token")
-        self.bos = bos if bos is not None else eos
-        self.pad = eos if eos is not None else bos
-
-    @classmethod
-    def load(cls, model_dir: str | Path, layer: int, **kw: Any) -> TextEncoder:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        path = Path(model_dir)
-        if not (path / "config.json").is_file():
-            raise DiscoveryError(f"model: {path} is not an HF model folder (no config.json)")
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        model.eval().requires_grad_(False)
-        return cls(model, tokenizer, layer, **kw)
-
-    def token_ids(self, text: str) -> list[int]:
-        """The text's ids, without special tokens, cut to ``max_tokens`` (at least one id)."""
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][:self.max_tokens]
-        return ids or [self.pad]
-
-    def token_strings(self, ids: Sequence[int]) -> list[str]:
-        return [self.tokenizer.decode([i]) for i in ids]
-
-    def encode(self, texts: Sequence[str],
-               on_batch: Callable[[int], None] | None = None) -> Iterator[Encoded]:
-        """Each text's rows, in order of increasing length (``Encoded.index`` says which)."""
-        all_ids = [self.token_ids(t) for t in texts]
-        order = sorted(range(len(texts)), key=lambda i: len(all_ids[i]))
-        for start in range(0, len(order), self.batch):
-            chunk = order[start:start + self.batch]
-            width = max(len(all_ids[i]) for i in chunk)
-            contexts = torch.full((len(chunk), width + 1), self.pad, dtype=torch.long)
-            contexts[:, 0] = self.bos
-            for row, i in enumerate(chunk):
-                contexts[row, 1:1 + len(all_ids[i])] = torch.tensor(all_ids[i])
-            rows = layer_rows(self.model, self.layer, contexts, len(chunk))
-            rows = rows.view(len(chunk), width, -1)
-            for row, i in enumerate(chunk):
-                yield Encoded(i, all_ids[i], rows[row, :len(all_ids[i])])
-            if on_batch is not None:
-                on_batch(len(chunk))
-
 
 def load_sae_for(path: str | Path) -> SAE:
     try:

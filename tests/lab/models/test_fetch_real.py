@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from latentguard.server.models import MODELS, fetch_model
-from latentguard.server.models.check import generate_hf
+from latentguard.lab.models import MODELS, fetch_model
+from latentguard.lab.models.check import generate_hf
 
 pytestmark = [
     pytest.mark.slow,
@@ -41,7 +41,7 @@ def test_gemma_fetch_generates_and_vllm_serves_it(models_dir: Path, tmp_path: Pa
     if importlib.util.find_spec("vllm") is None:
         pytest.skip("vllm not installed")
     proc = subprocess.run(
-        [sys.executable, "-m", "latentguard.server.models.check", str(result.folder), "--vllm",
+        [sys.executable, "-m", "latentguard.lab.models.check", str(result.folder), "--vllm",
          "--out", str(tmp_path / "report.json")],
         capture_output=True, text=True, timeout=900,
         env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "LATENTGUARD_DISABLE": "1"})
@@ -72,12 +72,11 @@ def test_gemma_with_the_shipped_sae_is_monitored_in_vllm(models_dir: Path,
     from transformers import AutoModelForCausalLM
 
     from latentguard.monitors.sae import load_sae
-    from tests.plugin.conftest import Rows
-    from tests.plugin.test_vllm_offline import traces
+    from tests.plugin.helpers import Rows, traces
     from tests.server.helpers import running_sidecar
 
     folder = fetch_model("gemma-3-270m", models_dir, progress=False).folder
-    sae_dir = Path(__file__).resolve().parents[2] / "saes/gemma-3-270m/blocks.9.hook_resid_post"
+    sae_dir = Path(__file__).resolve().parents[3] / "saes/gemma-3-270m/blocks.9.hook_resid_post"
     sae = load_sae(sae_dir)
     prompt = "import os\ndef run(cmd):\n    "
     rows = Rows()

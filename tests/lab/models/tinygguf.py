@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latentguard.server.models.registry import Wheel
+from latentguard.lab.models.registry import Wheel
 
 
 def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -29,7 +29,7 @@ def build_tiny_llama(out: Path, seed: int = 0) -> Path:
     """An HF folder: the project's tiny demo Llama (real BPE tokenizer), with GQA."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from latentguard.server.tinymodel import VOCAB, build_tokenizer
+    from latentguard.lab.tinymodel import VOCAB, build_tokenizer
 
     out.mkdir(parents=True, exist_ok=True)
     build_tokenizer(out)

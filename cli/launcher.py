@@ -100,7 +100,7 @@ def run(args: list[str]) -> int:
     if args and not args[0].startswith("-"):
         model, rest = args[0], args[1:]
     else:
-        from latentguard.server.tinymodel import build_tiny_model, build_tiny_sae
+        from latentguard.lab.tinymodel import build_tiny_model, build_tiny_sae
 
         models = data_dir / "models"
         print("latentguard: no model given: serving the tiny demo model (random weights; "
@@ -124,7 +124,7 @@ def run(args: list[str]) -> int:
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
     def start_sidecar() -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "latentguard.server.cli.main", "serve"],
+        return subprocess.Popen([sys.executable, "-m", "latentguard.cli.main", "serve"],
                                 env=env)
 
     sidecar = start_sidecar()

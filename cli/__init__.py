@@ -1,0 +1,1 @@
+"""The `latentguard` command (entry point: `latentguard.cli.main:main`)."""

@@ -1,1 +1,0 @@
-"""The `latentguard` command (entry point: `latentguard.server.cli.main:main`)."""
