@@ -17,15 +17,14 @@ import grpc
 from google.protobuf import json_format
 from rich.console import Console
 
-from latentguard import __version__
+from latentguard import __version__, wire
 from latentguard.cli import render
 from latentguard.cli.client import Client, connect
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
-LABELS = {"tp": 1, "true_positive": 1, "fp": 2, "false_positive": 2, "escalate": 3}
-SEVERITIES = ("info", "low", "medium", "high", "critical")
-STATUSES = ("clean", "flagged", "reviewed")
+#: Review labels as typed on the command line: the schema names, and tp / fp for short.
+LABELS = {**wire.LABEL, "tp": wire.LABEL["true_positive"], "fp": wire.LABEL["false_positive"]}
 
 
 class CliError(Exception):
@@ -137,7 +136,6 @@ def cmd_rules_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_apply(args: argparse.Namespace) -> int:
-    from latentguard.server import convert
     from latentguard.v1 import rules_pb2
 
     pack = _read_pack(args.file)
@@ -151,11 +149,11 @@ def cmd_rules_apply(args: argparse.Namespace) -> int:
         return EXIT_OK if resp.valid else EXIT_FAIL
     for rule in pack.rules:
         stored = _call(client, client.rules.PutRule,
-                       rules_pb2.PutRuleRequest(rule=convert.rule_proto(rule)))
+                       rules_pb2.PutRuleRequest(rule=wire.rule_proto(rule)))
         print(f"rule {stored.name}: version {stored.version}")
     for policy in pack.policies:
         stored = _call(client, client.rules.PutPolicy,
-                       rules_pb2.PutPolicyRequest(policy=convert.policy_proto(policy)))
+                       rules_pb2.PutPolicyRequest(policy=wire.policy_proto(policy)))
         print(f"policy {stored.name}: version {stored.version}")
     return EXIT_OK
 
@@ -210,16 +208,15 @@ def _since(value: str) -> datetime:
 
 
 def cmd_traces_list(args: argparse.Namespace) -> int:
-    from latentguard.server import convert
     from latentguard.v1 import traces_pb2
 
     req = traces_pb2.ListTracesRequest(
         rule=args.rule or "", page_size=min(args.limit, 1000),
-        min_severity=convert.SEVERITY.get(args.severity or "", 0),
-        status=convert.STATUS.get(args.status or "", 0),
+        min_severity=wire.SEVERITY.get(args.severity or "", 0),
+        status=wire.STATUS.get(args.status or "", 0),
     )
     if args.since is not None:
-        req.start_time.CopyFrom(convert.to_timestamp(args.since))
+        req.start_time.CopyFrom(wire.to_timestamp(args.since))
     client = _client(args)
     traces: list[Any] = []
     while len(traces) < args.limit:
@@ -259,12 +256,11 @@ def cmd_traces_review(args: argparse.Namespace) -> int:
 
 
 def cmd_traces_alerts(args: argparse.Namespace) -> int:
-    from latentguard.server import convert
     from latentguard.v1 import traces_pb2
 
     client = _client(args)
     req = traces_pb2.StreamAlertsRequest(
-        min_severity=convert.SEVERITY.get(args.severity or "", 0), rules=args.rule or [],
+        min_severity=wire.SEVERITY.get(args.severity or "", 0), rules=args.rule or [],
         consumer_group=args.group or "", after_id=args.after or "")
     console = _console()
     stream = client.traces.StreamAlerts(req, metadata=client.metadata)
@@ -414,8 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
                             ).add_subparsers(dest="traces_command", required=True)
     p = traces.add_parser("list")
     p.add_argument("--rule")
-    p.add_argument("--status", choices=STATUSES)
-    p.add_argument("--severity", choices=SEVERITIES, help="minimum severity")
+    p.add_argument("--status", choices=wire.STATUS.names)
+    p.add_argument("--severity", choices=wire.SEVERITY.names, help="minimum severity")
     p.add_argument("--since", type=_since, help="30m, 2h, 7d or an ISO time")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true")
@@ -434,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_connection(p)
     p.set_defaults(func=cmd_traces_review)
     p = traces.add_parser("alerts", help="follow live alerts")
-    p.add_argument("--severity", choices=SEVERITIES)
+    p.add_argument("--severity", choices=wire.SEVERITY.names)
     p.add_argument("--rule", action="append")
     p.add_argument("--group", help="consumer group (share alerts with other followers)")
     p.add_argument("--after", help="replay alerts after this id ('0' = all kept)")

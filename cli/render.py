@@ -9,7 +9,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from latentguard.server import convert
+from latentguard import wire
 from latentguard.v1 import rules_pb2, traces_pb2
 
 SEVERITY_STYLE = {"info": "dim", "low": "cyan", "medium": "yellow", "high": "bold red",
@@ -17,18 +17,18 @@ SEVERITY_STYLE = {"info": "dim", "low": "cyan", "medium": "yellow", "high": "bol
 
 
 def _sev(value: int) -> Text:
-    name = convert.severity_name(value)
+    name = wire.SEVERITY.name(value)
     return Text(name or "-", style=SEVERITY_STYLE.get(name, ""))
 
 
 def _time(ts: object) -> str:
     if not ts.seconds and not ts.nanos:  # type: ignore[attr-defined]
         return "-"
-    return convert.from_timestamp(ts).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")  # type: ignore[arg-type]
+    return wire.from_timestamp(ts).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")  # type: ignore[arg-type]
 
 
-def _name(table: dict[str, int], value: int) -> str:
-    return next((k for k, v in table.items() if v == value), "-")
+def _name(table: wire.EnumTable, value: int) -> str:
+    return table.name(value) or "-"
 
 
 def rules_table(resp: rules_pb2.ListRulesResponse) -> Table:
@@ -36,8 +36,8 @@ def rules_table(resp: rules_pb2.ListRulesResponse) -> Table:
     for col in ("name", "version", "severity", "scope", "action", "enabled", "description"):
         table.add_column(col)
     for r in resp.rules:
-        table.add_row(r.name, str(r.version), _sev(r.severity), _name(convert.SCOPE, r.scope),
-                      _name(convert.ACTION, r.action.type), "yes" if r.enabled else "no",
+        table.add_row(r.name, str(r.version), _sev(r.severity), _name(wire.SCOPE, r.scope),
+                      _name(wire.ACTION, r.action.type), "yes" if r.enabled else "no",
                       r.description)
     return table
 
@@ -47,8 +47,8 @@ def policies_table(resp: rules_pb2.ListPoliciesResponse) -> Table:
     for col in ("name", "version", "mode", "on failure", "monitoring", "rules"):
         table.add_column(col)
     for p in resp.policies:
-        table.add_row(p.name, str(p.version), _name(convert.MODE, p.mode),
-                      _name(convert.FAILURE, p.on_failure), "on" if p.monitoring else "off",
+        table.add_row(p.name, str(p.version), _name(wire.MODE, p.mode),
+                      _name(wire.FAILURE, p.on_failure), "on" if p.monitoring else "off",
                       ", ".join(p.rules))
     return table
 
@@ -59,7 +59,7 @@ def traces_table(traces: list[traces_pb2.Trace]) -> Table:
                 "finish"):
         table.add_column(col, no_wrap=col == "id")
     for t in traces:
-        status = _name(convert.STATUS, t.status)
+        status = _name(wire.STATUS, t.status)
         table.add_row(t.id, _time(t.started_at), t.model, t.policy,
                       Text(status, style="red" if status == "flagged" else ""),
                       _sev(t.max_severity), ", ".join(t.rules_hit), t.finish_reason)
@@ -67,7 +67,7 @@ def traces_table(traces: list[traces_pb2.Trace]) -> Table:
 
 
 def show_trace(console: Console, t: traces_pb2.Trace) -> None:
-    status = _name(convert.STATUS, t.status)
+    status = _name(wire.STATUS, t.status)
     head = Text()
     head.append(f"trace {t.id}\n", style="bold")
     head.append(f"request {t.request_tag}  model {t.model or '-'}  policy {t.policy or '-'}\n")
@@ -95,7 +95,7 @@ def show_trace(console: Console, t: traces_pb2.Trace) -> None:
         for col in ("rule", "severity", "action", "token", "score", "explanation"):
             hits.add_column(col)
         for h in t.hits:
-            hits.add_row(h.rule, _sev(h.severity), _name(convert.ACTION, h.action),
+            hits.add_row(h.rule, _sev(h.severity), _name(wire.ACTION, h.action),
                          str(h.position), f"{h.score:.3g}", h.explanation)
         console.print(hits)
 
@@ -121,13 +121,13 @@ def show_trace(console: Console, t: traces_pb2.Trace) -> None:
         console.print(tokens)
 
     for r in t.reviews:
-        console.print(f"review: {_name(convert.LABEL, r.label)} by {r.reviewer} at "
+        console.print(f"review: {_name(wire.LABEL, r.label)} by {r.reviewer} at "
                       f"{_time(r.at)}" + (f": {r.note}" if r.note else ""))
 
 
 def alert_line(a: traces_pb2.Alert) -> Text:
     text = Text(f"{a.id}  ")
     text.append_text(_sev(a.hit.severity))
-    text.append(f"  {a.hit.rule} ({_name(convert.ACTION, a.hit.action)}) trace {a.trace_id} "
+    text.append(f"  {a.hit.rule} ({_name(wire.ACTION, a.hit.action)}) trace {a.trace_id} "
                 f"request {a.request_tag}: {a.hit.explanation}")
     return text

@@ -20,9 +20,9 @@ features only (``ProbeSet.feature_support``), gathered in the same encode as the
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -31,6 +31,9 @@ from torch import Tensor
 
 from latentguard.monitors.errors import SAEFormatError, ShapeError, UnknownFeatureError
 from latentguard.monitors.sae.formats._io import read_json, read_safetensors
+
+if TYPE_CHECKING:
+    from latentguard.monitors.rules import RuleHit
 
 __all__ = ["Probe", "ProbeMeta", "ProbeSet", "nonzero_weights"]
 
@@ -169,6 +172,24 @@ class ProbeSet:
         terms = feature_values.float() * self._w_features[:, int(where[0])]
         order = terms.abs().argsort(descending=True)[:top]
         return [(int(self.feature_support[i]), float(terms[i])) for i in order if terms[i] != 0]
+
+    def explain(self, hit: RuleHit, feature_values: Tensor,
+                labels: Mapping[int, str] | None = None) -> RuleHit:
+        """The hit with the features behind each features probe of its evidence appended to
+        its explanation (``feature_values``: ``[len(feature_support)]`` on the hit's token):
+        reviewers see which SAE features, with catalog labels, made the score."""
+        labels = labels or {}
+        parts = []
+        for e in hit.evidence:
+            name = e.signal.removeprefix("probe ")
+            if not e.signal.startswith("probe ") or not self.probe(name).reads_features:
+                continue
+            terms = ", ".join(f"{f}{f' {labels[f]!r}' if f in labels else ''} {v:+.3g}"
+                              for f, v in self.contributions(name, feature_values))
+            parts.append(f"probe {name} from features {terms or 'none active'}")
+        if not parts:
+            return hit
+        return hit.model_copy(update={"explanation": f"{hit.explanation} ({'; '.join(parts)})"})
 
     @classmethod
     def load(cls, folder: str | Path, d_in: int | None = None,

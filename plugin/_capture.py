@@ -19,12 +19,15 @@ from typing import Any, ClassVar
 
 import torch
 
+from latentguard import wire
+from latentguard.monitors.errors import MonitorError
 from latentguard.monitors.rules import Steer
+from latentguard.monitors.sae import SAE
 from latentguard.plugin._affinity import helper_cpus, move_current_thread
 from latentguard.plugin._client import SidecarClient
 from latentguard.plugin._settings import PluginSettings
 from latentguard.plugin._tap import check_compilation, key_compile_cache, wrap_layer
-from latentguard.v1 import common_pb2, monitor_pb2, rules_pb2
+from latentguard.v1 import monitor_pb2, rules_pb2
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +37,6 @@ STEER_ARG = "latentguard_steer"
 UNAVAILABLE = "sidecar-unavailable"
 #: An engine idle this long has no running request: every tracked request has ended.
 IDLE_END_S = 0.3
-
-_MODES = {1: "add", 2: "clamp", 3: "ablate"}
-
 
 @dataclass
 class Tracked:
@@ -51,19 +51,6 @@ class Tracked:
     gap: bool = False
 
 
-def _steer_model(msg: common_pb2.Steer) -> Steer:
-    return Steer(mode=_MODES.get(msg.mode, "add"), tokens=msg.tokens,
-                 preserve_norm=msg.preserve_norm,
-                 features=[{"feature": f.feature, "value": f.value} for f in msg.features])
-
-
-def _steer_proto(s: Steer) -> common_pb2.Steer:
-    return common_pb2.Steer(
-        mode={v: k for k, v in _MODES.items()}[s.mode], tokens=s.tokens,
-        preserve_norm=s.preserve_norm,
-        features=[common_pb2.SteerFeature(feature=f.feature, value=f.value) for f in s.features])
-
-
 def find_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     for name, module in model.named_modules():
         if name.endswith("layers") and isinstance(module, torch.nn.ModuleList):
@@ -74,7 +61,8 @@ def find_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
 class Capture:
     instance: ClassVar[Capture | None] = None
 
-    def __init__(self, runner: Any, settings: PluginSettings, sae: Any, layer: int) -> None:
+    def __init__(self, runner: Any, settings: PluginSettings, sae: SAE | None,
+                 layer: int) -> None:
         self.runner = runner
         self.settings = settings
         self.sae = sae
@@ -231,21 +219,28 @@ class Capture:
                             policy=str(extra.get(POLICY_ARG) or ""), state=state)
                 self.tracked[rid] = t
                 if extra.get(STEER_ARG):
-                    try:
-                        raw = extra[STEER_ARG]  # vllm_xargs carry flat values: JSON text
-                        t.steer = Steer.model_validate(json.loads(raw) if isinstance(raw, str)
-                                                       else raw)
-                    except Exception as exc:
-                        log.error("latentguard: request %s: bad %s: %s", rid, STEER_ARG, exc)
+                    self._own_steer(t, extra[STEER_ARG])
             if t.generation != self.client.generation and self.client.connected.is_set():
                 t.generation = self.client.generation
                 start = monitor_pb2.RequestStart(
                     request_tag=t.tag, policy=t.policy, model=self.client.hello.model,
                     prompt_tokens=int(t.state.num_prompt_tokens))
                 if t.steer is not None:
-                    start.steer.CopyFrom(_steer_proto(t.steer))
+                    start.steer.CopyFrom(wire.steer_proto(t.steer))  # recorded, not echoed
                 started.append(start)
         return started, ended
+
+    def _own_steer(self, t: Tracked, raw: object) -> None:
+        """Steering the request asked for: checked against the SAE here and applied from its
+        first row; a bad one is refused (logged) and the request runs unsteered."""
+        try:
+            # vllm_xargs carry flat values: JSON text.
+            steer = Steer.model_validate(json.loads(raw) if isinstance(raw, str) else raw)
+            wire.check_steer(steer, STEER_ARG, self.sae.d_sae if self.sae is not None else None)
+        except (ValueError, MonitorError) as exc:
+            log.error("latentguard: request %s: %s refused: %s", t.rid, STEER_ARG, exc)
+            return
+        t.steer, t.steer_left = steer, steer.tokens or None
 
     def _end(self, t: Tracked) -> monitor_pb2.RequestEnd:
         out = t.state.output_token_ids
@@ -314,11 +309,9 @@ class Capture:
 
         reply = None
         if spans or started or ended:
-            rows = (torch.cat(send_rows) if send_rows else stream[:0]).float().cpu()
-            batch = monitor_pb2.StepBatch(
-                step=self.step, started=started, spans=spans, finished=ended,
-                rows=common_pb2.Tensor(dtype=common_pb2.DTYPE_FLOAT32, shape=list(rows.shape),
-                                       data=rows.contiguous().numpy().tobytes()))
+            rows = torch.cat(send_rows) if send_rows else stream[:0]
+            batch = monitor_pb2.StepBatch(step=self.step, started=started, spans=spans,
+                                          finished=ended, rows=wire.rows_proto(rows))
             t0 = time.perf_counter()
             reply = self.client.send(batch, wait_s=wait_ms / 1000 if sync else None)
             if sync and reply is None:
@@ -342,16 +335,22 @@ class Capture:
 
     def _apply(self, verdicts: monitor_pb2.StepVerdicts) -> None:
         by_tag = {t.tag: t for t in self.tracked.values()}
-        for v in verdicts.verdicts:
-            t = by_tag.get(v.request_tag)
+        for msg in verdicts.verdicts:
+            t = by_tag.get(msg.request_tag)
             if t is None:
                 continue
-            if v.kind == monitor_pb2.VERDICT_KIND_BLOCK and not t.blocked_by:
+            try:
+                v = wire.verdict_model(msg)
+            except MonitorError as exc:
+                log.error("latentguard: unusable verdict for %s: %s", t.tag, exc)
+                continue
+            if v is None:
+                continue
+            if v.kind == "block" and not t.blocked_by:
                 t.blocked_by = v.rule or "blocked"
                 log.info("latentguard: blocking %s: %s", t.tag, v.reason)
-            elif v.kind == monitor_pb2.VERDICT_KIND_STEER:
-                t.steer = _steer_model(v.steer)
-                t.steer_left = v.steer.tokens or None
+            elif v.kind == "steer" and v.steer is not None:
+                t.steer, t.steer_left = v.steer, v.steer.tokens or None
 
     def _steer(self, hidden: torch.Tensor, stream: torch.Tensor, qsl: list[int],
                req_ids: list[str]) -> None:

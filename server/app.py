@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from latentguard.monitors.rules import load_rule_pack
 from latentguard.server.auth import Authenticator, AuthInterceptor
 from latentguard.server.config import Settings
+from latentguard.server.events import Watchers
 from latentguard.server.runtime import MonitorRuntime, sae_rules_file
 from latentguard.server.services.features import FeaturesService
 from latentguard.server.services.monitor import MonitorService
@@ -23,6 +24,7 @@ from latentguard.server.services.rules import RulesService
 from latentguard.server.services.traces import TracesService
 from latentguard.server.store import Store
 from latentguard.server.telemetry import Telemetry, setup_telemetry
+from latentguard.server.writer import TraceWriter
 from latentguard.v1 import (
     features_pb2,
     features_pb2_grpc,
@@ -64,6 +66,9 @@ class Sidecar:
         self.auth = Authenticator(settings.auth.tokens)
         self.store: Store | None = None
         self.runtime: MonitorRuntime | None = None
+        self.writer: TraceWriter | None = None
+        self.watchers = Watchers()
+        """Requests someone waits on (Generate, Inspect), and row taps for tests and tools."""
         self.server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.address = ""
@@ -80,6 +85,7 @@ class Sidecar:
         if rules_file is not None:
             await self._apply_rules_file(Path(rules_file))
         self.runtime = await MonitorRuntime.create(s, self.store, self.telemetry)
+        self.writer = TraceWriter(self.store, s.data_dir).start()
         self._tasks.append(asyncio.create_task(self.store.watch_changes(self.runtime.on_change)))
 
         max_bytes = s.max_message_mb * 1024 * 1024
@@ -96,7 +102,8 @@ class Sidecar:
         traces_pb2_grpc.add_TracesServicer_to_server(
             TracesService(self.store, self.auth, self.runtime.labels), server)
         features_pb2_grpc.add_FeaturesServicer_to_server(FeaturesService(self.runtime), server)
-        monitor_pb2_grpc.add_MonitorServicer_to_server(MonitorService(self.runtime), server)
+        monitor_pb2_grpc.add_MonitorServicer_to_server(
+            MonitorService(self.runtime, self.writer, self.watchers), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
@@ -158,6 +165,9 @@ class Sidecar:
             for task in stuck:
                 log.warning("background task %s did not stop within 5 s", task.get_name())
         self._tasks.clear()
+        if self.writer is not None:
+            await self.writer.close()
+            self.writer = None
         if self.runtime is not None:
             await self.runtime.close()
         if self.store is not None:

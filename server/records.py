@@ -1,7 +1,8 @@
 """What the store keeps: versioned rules and policies, traces, reviews and alerts.
 
-These are the server's own pydantic models; the wire types live in proto/ and are converted at
-the gRPC edge (`latentguard.server.convert`).
+These are the server's own pydantic models (a rule hit is the engine's `RuleHit`); the wire
+types live in proto/ and are converted at the gRPC edge (`latentguard.wire`,
+`latentguard.server.convert`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from latentguard.monitors.rules import RuleHit, severity_rank
 
 TraceStatus = Literal["clean", "flagged", "reviewed"]
 ReviewLabel = Literal["true_positive", "false_positive", "escalate"]
@@ -44,23 +47,6 @@ class Versioned(BaseModel):
     spec: dict[str, Any]
     updated_at: datetime
     updated_by: str = ""
-
-
-class Evidence(BaseModel):
-    signal: str
-    position: int
-    value: float
-
-
-class HitRecord(BaseModel):
-    rule: str
-    severity: str
-    action: str
-    position: int
-    score: float
-    explanation: str
-    evidence: list[Evidence] = []
-    at: datetime = Field(default_factory=utcnow)
 
 
 class FeatureValue(BaseModel):
@@ -103,7 +89,7 @@ class TraceRecord(BaseModel):
     prompt_text: str = ""
     completion_text: str = ""
     tokens: list[TokenRecord] = []
-    hits: list[HitRecord] = []
+    hits: list[RuleHit] = []
     reviews: list[ReviewRecord] = []
     status: TraceStatus = "clean"
 
@@ -113,8 +99,6 @@ class TraceRecord(BaseModel):
 
     @property
     def max_severity(self) -> str:
-        from latentguard.monitors.rules import severity_rank
-
         return max((h.severity for h in self.hits), key=severity_rank, default="")
 
     def summary(self) -> TraceRecord:
@@ -130,7 +114,7 @@ class AlertRecord(BaseModel):
     request_tag: str = ""
     model: str = ""
     policy: str = ""
-    hit: HitRecord
+    hit: RuleHit
 
 
 class TraceFilter(BaseModel):

@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
+from latentguard.monitors.catalog import FeatureCatalog
 from latentguard.monitors.errors import MonitorError
-from latentguard.monitors.rules import Policy, Rule
+from latentguard.monitors.probes import ProbeSet
+from latentguard.monitors.rules import Policy, Rule, RuleEngine
+from latentguard.monitors.sae import SAE, load_sae
 from latentguard.server.config import Settings
 from latentguard.server.store import Store
 from latentguard.server.telemetry import Telemetry
-from latentguard.server.writer import TraceWriter
 
 log = logging.getLogger(__name__)
 
@@ -41,35 +42,19 @@ def sae_rules_file(sae_path: Path | None) -> Path | None:
     return folder / RULES_FILE if (folder / RULES_FILE).is_file() else None
 
 
-class Watcher(asyncio.Queue[tuple[Any, ...]]):
-    """Events of one request as the sidecar sees them: ("tokens", records, series),
-    ("hit", HitRecord), ("verdict", Verdict), ("end", TraceRecord | None)."""
-
-    def __init__(self, features: list[int]) -> None:
-        super().__init__()
-        self.features = features
-
-
 class MonitorRuntime:
     def __init__(self, settings: Settings, store: Store, telemetry: Telemetry) -> None:
         self.settings = settings
         self.store = store
         self.telemetry = telemetry
-        self.sae: Any = None
-        self.catalog: Any = None
-        self.probes: Any = None
+        self.sae: SAE | None = None
+        self.catalog: FeatureCatalog | None = None
+        self.probes: ProbeSet | None = None
         self.rules: dict[str, Rule] = {}
         self.policies: dict[str, Policy] = {}
-        self.engine: Any = None
+        self.engine: RuleEngine | None = None
         self.revision = -1
         self._lock = asyncio.Lock()
-        self.writer = TraceWriter(store, settings.data_dir)
-        self.watchers: dict[str, Watcher] = {}
-        """Requests someone waits on (Generate, Inspect), by request tag."""
-        self._decoders: dict[str, Callable[[int], str] | None] = {}
-        self.taps: list[Callable[[str, list[int], list[int], Any], None]] = []
-        """Called with (request tag, positions, token ids, rows) for every span received: for
-        tests and debugging tools that need the raw rows."""
 
     @classmethod
     async def create(cls, settings: Settings, store: Store, telemetry: Telemetry
@@ -78,23 +63,16 @@ class MonitorRuntime:
         if settings.sae_path is not None:
             await asyncio.to_thread(runtime._load_sae, Path(settings.sae_path))
         await runtime.reload()
-        runtime.writer.start()
         return runtime
 
     def _load_sae(self, path: Path) -> None:
-        from latentguard.monitors.sae import load_sae
-
         self.sae = load_sae(path)
         folder = sae_folder(path)
         for name in CATALOG_FILES:
             if (folder / name).is_file():
-                from latentguard.monitors.catalog import FeatureCatalog
-
                 self.catalog = FeatureCatalog.load(folder / name, d_sae=self.sae.d_sae)
                 break
         if (folder / PROBES_DIR).is_dir():
-            from latentguard.monitors.probes import ProbeSet
-
             self.probes = ProbeSet.load(folder / PROBES_DIR, d_in=self.sae.d_in,
                                         d_sae=self.sae.d_sae)
         log.info("loaded %r (catalog: %s, probes: %s)", self.sae,
@@ -105,19 +83,17 @@ class MonitorRuntime:
     def check_rule(self, rule: Rule) -> None:
         """Refuses a rule whose features or probes the loaded SAE does not have."""
         if self.sae is not None:
-            from latentguard.monitors.rules import RuleEngine
-
             # Compiled as enabled, so a disabled rule is checked too before it is stored.
             enabled = rule.model_copy(update={"enabled": True})
             RuleEngine([enabled], probes=self.probes, d_sae=self.sae.d_sae)
 
-    def rule_checker(self) -> Any:
+    def rule_checker(self) -> Callable[[Rule], None] | None:
         return self.check_rule if self.sae is not None else None
 
     def labels(self) -> dict[int, str]:
         return self.catalog.labels() if self.catalog is not None else {}
 
-    async def on_change(self, notice: dict[str, Any]) -> None:
+    async def on_change(self, notice: Mapping[str, object]) -> None:
         log.debug("change notice %s", notice)
         await self.reload()
 
@@ -138,8 +114,6 @@ class MonitorRuntime:
                         for v in await self.store.policies.list()}
             engine = None
             if self.sae is not None:
-                from latentguard.monitors.rules import RuleEngine
-
                 enabled = [r for r in rules.values() if r.enabled]
                 engine = RuleEngine(enabled, probes=self.probes, d_sae=self.sae.d_sae)
             self.rules, self.policies, self.engine = rules, policies, engine
@@ -147,36 +121,10 @@ class MonitorRuntime:
             log.info("rules at revision %d: %d rules, %d policies", revision, len(rules),
                      len(policies))
 
-    def token_decoder(self, model: str) -> Callable[[int], str] | None:
-        """Token id -> text with the model's own tokenizer.json, when the model is a folder."""
-        if model not in self._decoders:
-            path = Path(model) / "tokenizer.json"
-            decoder = None
-            if path.is_file():
-                try:
-                    from tokenizers import Tokenizer
-
-                    tok = Tokenizer.from_file(str(path))
-                    decoder = lambda i: tok.decode([i], skip_special_tokens=False)  # noqa: E731
-                except Exception as exc:
-                    log.warning("no token text for %s: %s", model, exc)
-            self._decoders[model] = decoder
-        return self._decoders[model]
-
-    def watch(self, tag: str, features: list[int] | None = None) -> Watcher:
-        watcher = Watcher(features=list(features or []))
-        self.watchers[tag] = watcher
-        return watcher
-
-    def unwatch(self, tag: str) -> None:
-        self.watchers.pop(tag, None)
-
-    def policy_protos(self) -> list[Any]:
-        """Every policy as wire messages, with the built-in default when none has its name."""
-        from latentguard.server.convert import policy_proto
-
+    def all_policies(self) -> list[Policy]:
+        """Every policy, with the built-in default when none has the default's name."""
         default = self.default_policy()
-        return [policy_proto(p) for p in {**self.policies, default.name: default}.values()]
+        return list({**self.policies, default.name: default}.values())
 
     def default_policy(self) -> Policy:
         """The configured default policy; every enabled rule when the store has none by it."""
@@ -193,5 +141,4 @@ class MonitorRuntime:
         return default
 
     async def close(self) -> None:
-        await self.writer.close()
         self.engine = None

@@ -1,6 +1,7 @@
 """Rules, policies and rule packs: the YAML schema and its loader."""
 
 from latentguard.monitors.rules.engine import RuleEngine
+from latentguard.monitors.rules.hits import Evidence, RuleHit
 from latentguard.monitors.rules.loading import load_rule_pack, validate_policy, validate_rule
 from latentguard.monitors.rules.schema import (
     NAME_PATTERN,
@@ -18,7 +19,7 @@ from latentguard.monitors.rules.schema import (
     Window,
     severity_rank,
 )
-from latentguard.monitors.rules.session import Evidence, RuleHit, RuleSession
+from latentguard.monitors.rules.session import RuleSession
 
 __all__ = [
     "NAME_PATTERN",

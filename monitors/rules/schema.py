@@ -8,7 +8,7 @@ the dotted path of the offending field.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -34,7 +34,7 @@ __all__ = [
 Severity = Literal["info", "low", "medium", "high", "critical"]
 Scope = Literal["prompt", "generation", "both"]
 
-SEVERITY_ORDER: tuple[str, ...] = ("info", "low", "medium", "high", "critical")
+SEVERITY_ORDER: tuple[str, ...] = get_args(Severity)
 """Severities from least to most severe."""
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"

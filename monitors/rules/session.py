@@ -18,39 +18,20 @@ Semantics, per rule:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import numpy as np
 from torch import Tensor
 
 from latentguard.monitors.errors import ShapeError
-from latentguard.monitors.rules.schema import Action, Severity, Signal
+from latentguard.monitors.rules.hits import Evidence, RuleHit
+from latentguard.monitors.rules.schema import Signal
 from latentguard.monitors.rules.windows import WindowAgg, make_window
 
 if TYPE_CHECKING:
     from latentguard.monitors.rules.engine import CompiledRule, CompiledSignal, Tree
 
-__all__ = ["Evidence", "RuleHit", "RuleSession"]
-
-
-class Evidence(NamedTuple):
-    signal: str
-    """``feature 123`` or ``probe deception``."""
-    position: int
-    value: float
-
-
-@dataclass(frozen=True)
-class RuleHit:
-    rule: str
-    severity: Severity
-    action: Action
-    position: int
-    """Position of the token on which the rule fired."""
-    score: float
-    explanation: str
-    evidence: tuple[Evidence, ...]
+__all__ = ["RuleSession"]
 
 
 class _SignalState:
@@ -187,7 +168,7 @@ def _hit(state: _RuleState, results: list[tuple[bool, float, int]], position: in
     for sig_state, (holds, value, where) in zip(state.signals, results, strict=True):
         if holds:
             sig = sig_state.compiled.signal
-            evidence.append(Evidence(sig.source_name, where, float(value)))
+            evidence.append(Evidence(signal=sig.source_name, position=where, value=float(value)))
             parts.append(_describe(sig, value, where, sig_state.run_start))
     explanation = f"rule {rule.name} ({rule.severity}) fired at position {position}: " + "; ".join(
         parts

@@ -15,20 +15,33 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from latentguard import __version__
+from latentguard import __version__, wire
 from latentguard.server import convert
 from latentguard.server.errors import (
+    FailedPrecondition,
     InvalidArgument,
     ServerError,
     Unavailable,
     grpc_errors,
     status_for,
 )
+from latentguard.server.events import (
+    Event,
+    HitFound,
+    HttpDone,
+    RequestEnded,
+    TextChunk,
+    TokensSeen,
+    VerdictGiven,
+    Watcher,
+    Watchers,
+)
 from latentguard.server.openai_client import OpenAIClient
-from latentguard.server.records import TokenRecord
-from latentguard.server.runtime import MonitorRuntime, Watcher
-from latentguard.server.session import StreamSession
-from latentguard.v1 import common_pb2, monitor_pb2, monitor_pb2_grpc
+from latentguard.server.runtime import MonitorRuntime
+from latentguard.server.stream import StreamSession
+from latentguard.server.tokens import TokenTexts
+from latentguard.server.writer import TraceWriter
+from latentguard.v1 import monitor_pb2, monitor_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +55,16 @@ NO_MODEL = ("no model is attached to this sidecar: start it with `latentguard vl
 
 
 class MonitorService(monitor_pb2_grpc.MonitorServicer):
-    def __init__(self, runtime: MonitorRuntime) -> None:
+    def __init__(self, runtime: MonitorRuntime, writer: TraceWriter, watchers: Watchers,
+                 token_texts: TokenTexts | None = None) -> None:
         self._runtime = runtime
+        self._writer = writer
+        self._watchers = watchers
+        self._token_texts = token_texts or TokenTexts()
         self._openai: OpenAIClient | None = None
+
+    def _policy_protos(self) -> list[Any]:
+        return [wire.policy_proto(p) for p in self._runtime.all_policies()]
 
     def _ready(self, hello: monitor_pb2.Hello) -> monitor_pb2.MonitorReply:
         sae = self._runtime.sae
@@ -59,7 +79,7 @@ class MonitorService(monitor_pb2_grpc.MonitorServicer):
         return monitor_pb2.MonitorReply(ready=monitor_pb2.Ready(
             sae_hook_name=sae.hook_name, layer=max(sae.layer, 0), d_model=sae.d_in,
             d_sae=sae.d_sae, server_version=__version__,
-            policies=self._runtime.policy_protos(),
+            policies=self._policy_protos(),
             default_policy=self._runtime.settings.default_policy,
             policy_revision=self._runtime.revision))
 
@@ -79,7 +99,8 @@ class MonitorService(monitor_pb2_grpc.MonitorServicer):
             code = (grpc.StatusCode.INVALID_ARGUMENT if exc.field
                     else grpc.StatusCode.FAILED_PRECONDITION)
             await context.abort(code, str(exc))
-        session = StreamSession(self._runtime, self._runtime.writer, first.hello.client)
+        session = StreamSession(self._runtime, self._writer, self._watchers, self._token_texts,
+                                first.hello.client)
         policy_revision = self._runtime.revision
         try:
             async for message in requests:
@@ -88,10 +109,16 @@ class MonitorService(monitor_pb2_grpc.MonitorServicer):
                                        "expected a step (hello only once, first)")
                     continue
                 try:
-                    verdicts = await session.handle(message.step)
+                    sae = self._runtime.sae
+                    if sae is None:
+                        raise FailedPrecondition("no SAE loaded: set LATENTGUARD_SAE_PATH")
+                    step = convert.step_model(message.step, sae.d_in, sae.d_sae)
+                    verdicts = monitor_pb2.StepVerdicts(
+                        step=step.number,
+                        verdicts=[wire.verdict_proto(v) for v in await session.handle(step)])
                     if self._runtime.revision != policy_revision:
                         policy_revision = self._runtime.revision
-                        verdicts.policies.extend(self._runtime.policy_protos())
+                        verdicts.policies.extend(self._policy_protos())
                         verdicts.policy_revision = policy_revision
                     yield monitor_pb2.MonitorReply(verdicts=verdicts)
                 except Exception as exc:
@@ -102,7 +129,7 @@ class MonitorService(monitor_pb2_grpc.MonitorServicer):
                     yield _batch_error(message.step.step, code,
                                        violations[0][0] if violations else "", text)
         finally:
-            await session.close()
+            await session.close_all()
 
     def _client(self) -> OpenAIClient:
         settings = self._runtime.settings
@@ -113,7 +140,7 @@ class MonitorService(monitor_pb2_grpc.MonitorServicer):
         return self._openai
 
     async def _pump(self, watcher: Watcher, **kwargs: Any) -> None:
-        """Feeds vLLM's streamed chunks into the watcher, then ("http_done", error)."""
+        """Feeds vLLM's streamed chunks into the watcher, then HttpDone."""
         error: Exception | None = None
         try:
             async for chunk in self._client().stream(**kwargs):
@@ -121,13 +148,13 @@ class MonitorService(monitor_pb2_grpc.MonitorServicer):
                     text = choice.get("text")
                     if text is None:
                         text = (choice.get("delta") or {}).get("content") or ""
-                    watcher.put_nowait(("chunk", text, choice.get("finish_reason") or ""))
+                    watcher.put_nowait(TextChunk(text, choice.get("finish_reason") or ""))
         except Exception as exc:
             error = exc
-        watcher.put_nowait(("http_done", error))
+        watcher.put_nowait(HttpDone(error))
 
     async def _events(self, tag: str, watcher: Watcher, **kwargs: Any
-                      ) -> AsyncIterator[tuple[Any, ...]]:
+                      ) -> AsyncIterator[Event]:
         """Everything that happens to one request, until its trace is written."""
         pump = asyncio.create_task(self._pump(watcher, **kwargs))
         http_done = ended = False
@@ -140,16 +167,16 @@ class MonitorService(monitor_pb2_grpc.MonitorServicer):
                     log.warning("request %s: the sidecar saw no end of it within %s s", tag,
                                 END_WAIT_S)
                     return
-                if event[0] == "http_done":
+                if isinstance(event, HttpDone):
                     http_done = True
-                    if event[1] is not None:
-                        raise event[1]
-                elif event[0] == "end":
+                    if event.error is not None:
+                        raise event.error
+                elif isinstance(event, RequestEnded):
                     ended = True
                 yield event
         finally:
             pump.cancel()
-            self._runtime.unwatch(tag)
+            self._watchers.unwatch(tag)
 
     @grpc_errors
     async def Inspect(self, request: monitor_pb2.InspectRequest,
@@ -166,7 +193,7 @@ class MonitorService(monitor_pb2_grpc.MonitorServicer):
                 raise InvalidArgument(f"features[{i}]: {f} out of range (d_sae {sae.d_sae})",
                                       field=f"features[{i}]")
         tag = f"lg-inspect-{uuid.uuid4().hex[:16]}"
-        watcher = self._runtime.watch(tag, list(request.features))
+        watcher = self._watchers.watch(tag, list(request.features))
         xargs = {"latentguard_tag": tag}
         if request.policy:
             xargs["latentguard_policy"] = request.policy
@@ -175,14 +202,16 @@ class MonitorService(monitor_pb2_grpc.MonitorServicer):
         series: dict[int, list[float]] = {f: [] for f in request.features}
         async for event in self._events(tag, watcher, prompt=request.text, xargs=xargs,
                                         max_tokens=1, temperature=0.0):
-            if event[0] == "tokens":
-                resp.tokens.extend(_token(r, labels, top_k) for r in event[1] if r.prompt)
-                for f, values in event[2].items():
-                    series[f].extend(values)
-            elif event[0] == "hit":
-                resp.hits.append(convert.hit_proto(event[1]))
-            elif event[0] == "end" and event[1] is not None:
-                resp.trace_id = event[1].id
+            match event:
+                case TokensSeen(records, seen):
+                    resp.tokens.extend(convert.token_proto(r, labels, top_k)
+                                       for r in records if r.prompt)
+                    for f, values in seen.items():
+                        series[f].extend(values)
+                case HitFound(hit):
+                    resp.hits.append(wire.hit_proto(hit))
+                case RequestEnded(trace) if trace is not None:
+                    resp.trace_id = trace.id
         resp.series.extend(monitor_pb2.FeatureSeries(feature=f, values=v)
                            for f, v in series.items())
         return resp
@@ -206,7 +235,7 @@ class MonitorService(monitor_pb2_grpc.MonitorServicer):
             xargs["latentguard_policy"] = request.policy
         if request.HasField("steer"):
             d_sae = self._runtime.sae.d_sae if self._runtime.sae is not None else None
-            xargs["latentguard_steer"] = convert.steer_model(
+            xargs["latentguard_steer"] = wire.steer_model(
                 request.steer, "steer", d_sae).model_dump_json()
         params: dict[str, Any] = {"max_tokens": request.max_tokens or 64,
                                   "temperature": request.temperature}
@@ -217,28 +246,30 @@ class MonitorService(monitor_pb2_grpc.MonitorServicer):
         else:
             params["messages"] = [{"role": m.role, "content": m.content}
                                   for m in request.chat.messages]
-        watcher = self._runtime.watch(tag)
+        watcher = self._watchers.watch(tag)
         labels = self._runtime.labels()
         index, finish, blocked_by, trace_id = 0, "", "", ""
         async for event in self._events(tag, watcher, xargs=xargs, **params):
-            if event[0] == "chunk":
-                if event[1]:
-                    yield monitor_pb2.GenerateEvent(
-                        token=monitor_pb2.GeneratedToken(index=index, text=event[1]))
-                    index += 1
-                finish = event[2] or finish
-            elif event[0] == "tokens":
-                for record in event[1]:
-                    yield monitor_pb2.GenerateEvent(features=_token(record, labels, top_k))
-            elif event[0] == "hit":
-                yield monitor_pb2.GenerateEvent(hit=convert.hit_proto(event[1]))
-            elif event[0] == "verdict":
-                if event[1].kind == monitor_pb2.VERDICT_KIND_BLOCK:
-                    blocked_by = blocked_by or event[1].rule
-                yield monitor_pb2.GenerateEvent(verdict=event[1])
-            elif event[0] == "end" and event[1] is not None:
-                trace_id = event[1].id
-                blocked_by = blocked_by or event[1].blocked_by
+            match event:
+                case TextChunk(text, finish_reason):
+                    if text:
+                        yield monitor_pb2.GenerateEvent(
+                            token=monitor_pb2.GeneratedToken(index=index, text=text))
+                        index += 1
+                    finish = finish_reason or finish
+                case TokensSeen(records):
+                    for record in records:
+                        yield monitor_pb2.GenerateEvent(
+                            features=convert.token_proto(record, labels, top_k))
+                case HitFound(hit):
+                    yield monitor_pb2.GenerateEvent(hit=wire.hit_proto(hit))
+                case VerdictGiven(verdict):
+                    if verdict.kind == "block":
+                        blocked_by = blocked_by or verdict.rule
+                    yield monitor_pb2.GenerateEvent(verdict=wire.verdict_proto(verdict))
+                case RequestEnded(trace) if trace is not None:
+                    trace_id = trace.id
+                    blocked_by = blocked_by or trace.blocked_by
         yield monitor_pb2.GenerateEvent(finish=monitor_pb2.Finish(
             reason="blocked" if blocked_by else (finish or "stop"), blocked_by=blocked_by,
             trace_id=trace_id))
@@ -248,12 +279,6 @@ def _top_k(value: int) -> int:
     if value > 64:
         raise InvalidArgument("top_k: at most 64", field="top_k")
     return value or 8
-
-
-def _token(record: TokenRecord, labels: dict[int, str], top_k: int) -> common_pb2.TokenRecord:
-    msg = convert.token_proto(record, labels)
-    del msg.top_features[top_k:]
-    return msg
 
 
 async def _decoded(raw: AsyncIterator[monitor_pb2.MonitorMessage],

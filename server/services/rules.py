@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import grpc
 
+from latentguard import wire
 from latentguard.monitors.errors import MonitorError, RuleValidationError
 from latentguard.monitors.rules import (
     Policy,
@@ -14,7 +15,6 @@ from latentguard.monitors.rules import (
     validate_policy,
     validate_rule,
 )
-from latentguard.server import convert
 from latentguard.server.auth import Authenticator
 from latentguard.server.errors import FailedPrecondition, InvalidArgument, grpc_errors
 from latentguard.server.store import Store
@@ -40,7 +40,7 @@ class RulesService(rules_pb2_grpc.RulesServicer):
         if not msg.name:
             raise InvalidArgument(f"{prefix}.name: required", field=f"{prefix}.name")
         try:
-            rule = validate_rule(convert.rule_dict(msg))
+            rule = validate_rule(wire.rule_dict(msg))
         except RuleValidationError as exc:
             raise _prefixed(exc, prefix) from None
         check = self._checker()
@@ -52,7 +52,7 @@ class RulesService(rules_pb2_grpc.RulesServicer):
         if not msg.name:
             raise InvalidArgument("policy.name: required", field="policy.name")
         try:
-            policy = validate_policy(convert.policy_dict(msg))
+            policy = validate_policy(wire.policy_dict(msg))
         except RuleValidationError as exc:
             raise _prefixed(exc, "policy") from None
         known = {r.name for r in await self._store.rules.list()}
@@ -67,7 +67,7 @@ class RulesService(rules_pb2_grpc.RulesServicer):
         stored = await self._store.rules.list()
         rules = [(Rule.model_validate(v.spec), v) for v in stored]
         return rules_pb2.ListRulesResponse(
-            rules=[convert.rule_proto(r, v) for r, v in rules
+            rules=[wire.rule_proto(r, v) for r, v in rules
                    if r.enabled or not request.enabled_only],
             revision=await self._store.revision(),
         )
@@ -76,7 +76,7 @@ class RulesService(rules_pb2_grpc.RulesServicer):
     async def GetRule(self, request: rules_pb2.GetRuleRequest,
                       context: grpc.aio.ServicerContext) -> rules_pb2.Rule:
         v = await self._store.rules.get(request.name)
-        return convert.rule_proto(Rule.model_validate(v.spec), v)
+        return wire.rule_proto(Rule.model_validate(v.spec), v)
 
     @grpc_errors
     async def ValidateRule(self, request: rules_pb2.ValidateRuleRequest,
@@ -106,8 +106,8 @@ class RulesService(rules_pb2_grpc.RulesServicer):
             return rules_pb2.ValidateRuleResponse(
                 valid=False, problems=[rules_pb2.ValidationProblem(field="rule", problem=str(exc))])
         return rules_pb2.ValidateRuleResponse(
-            valid=True, rules=[convert.rule_proto(r) for r in rules],
-            policies=[convert.policy_proto(p) for p in policies],
+            valid=True, rules=[wire.rule_proto(r) for r in rules],
+            policies=[wire.policy_proto(p) for p in policies],
         )
 
     @grpc_errors
@@ -118,7 +118,7 @@ class RulesService(rules_pb2_grpc.RulesServicer):
         v = await self._store.rules.put(rule.name, rule.model_dump(mode="json"),
                                         expected_version=expected,
                                         actor=self._auth.caller_name(context))
-        return convert.rule_proto(rule, v)
+        return wire.rule_proto(rule, v)
 
     @grpc_errors
     async def DeleteRule(self, request: rules_pb2.DeleteRuleRequest,
@@ -138,7 +138,7 @@ class RulesService(rules_pb2_grpc.RulesServicer):
                            context: grpc.aio.ServicerContext) -> rules_pb2.ListPoliciesResponse:
         stored = await self._store.policies.list()
         return rules_pb2.ListPoliciesResponse(
-            policies=[convert.policy_proto(Policy.model_validate(v.spec), v) for v in stored],
+            policies=[wire.policy_proto(Policy.model_validate(v.spec), v) for v in stored],
             revision=await self._store.revision(),
         )
 
@@ -146,7 +146,7 @@ class RulesService(rules_pb2_grpc.RulesServicer):
     async def GetPolicy(self, request: rules_pb2.GetPolicyRequest,
                         context: grpc.aio.ServicerContext) -> rules_pb2.Policy:
         v = await self._store.policies.get(request.name)
-        return convert.policy_proto(Policy.model_validate(v.spec), v)
+        return wire.policy_proto(Policy.model_validate(v.spec), v)
 
     @grpc_errors
     async def PutPolicy(self, request: rules_pb2.PutPolicyRequest,
@@ -156,7 +156,7 @@ class RulesService(rules_pb2_grpc.RulesServicer):
         v = await self._store.policies.put(policy.name, policy.model_dump(mode="json"),
                                            expected_version=expected,
                                            actor=self._auth.caller_name(context))
-        return convert.policy_proto(policy, v)
+        return wire.policy_proto(policy, v)
 
     @grpc_errors
     async def DeletePolicy(self, request: rules_pb2.DeletePolicyRequest,

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 
+from latentguard import wire
 from latentguard.monitors.rules import severity_rank
 from latentguard.server import convert
 from latentguard.server.auth import Authenticator
@@ -29,16 +30,16 @@ class TracesService(traces_pb2_grpc.TracesServicer):
                          context: grpc.aio.ServicerContext) -> traces_pb2.ListTracesResponse:
         status = None
         if request.status:
-            status = convert.status_name(request.status)
+            status = wire.STATUS.name(request.status)
             if status is None or status.startswith("<"):
                 raise InvalidArgument(f"status: unknown value {request.status}", field="status")
         if request.page_size > 1000:
             raise InvalidArgument("page_size: at most 1000", field="page_size")
         flt = TraceFilter(
-            start=convert.from_timestamp(request.start_time)
+            start=wire.from_timestamp(request.start_time)
             if request.HasField("start_time") else None,
-            end=convert.from_timestamp(request.end_time) if request.HasField("end_time") else None,
-            rule=request.rule, min_severity=convert.severity_name(request.min_severity),
+            end=wire.from_timestamp(request.end_time) if request.HasField("end_time") else None,
+            rule=request.rule, min_severity=wire.SEVERITY.name(request.min_severity) or "",
             status=status, page_size=request.page_size or 50, page_token=request.page_token,
         )
         if flt.start and flt.end and flt.start >= flt.end:
@@ -57,7 +58,7 @@ class TracesService(traces_pb2_grpc.TracesServicer):
     async def ReviewTrace(self, request: traces_pb2.ReviewTraceRequest,
                           context: grpc.aio.ServicerContext) -> traces_pb2.Trace:
         _check_id(request.id)
-        label = convert.label_name(request.label)
+        label = wire.LABEL.name(request.label)
         if label is None or label.startswith("<"):
             raise InvalidArgument("label: one of TRUE_POSITIVE, FALSE_POSITIVE, ESCALATE",
                                   field="label")
@@ -74,7 +75,7 @@ class TracesService(traces_pb2_grpc.TracesServicer):
     @grpc_errors
     async def StreamAlerts(self, request: traces_pb2.StreamAlertsRequest,
                            context: grpc.aio.ServicerContext) -> AsyncIterator[traces_pb2.Alert]:
-        min_rank = severity_rank(convert.severity_name(request.min_severity) or "info")
+        min_rank = severity_rank(wire.SEVERITY.name(request.min_severity) or "info")
         rules = set(request.rules)
         if request.consumer_group:
             if request.after_id:

@@ -46,7 +46,7 @@ def offline(request: pytest.FixtureRequest, tiny: tuple[Path, Path],
     data = tmp_path_factory.mktemp("sidecar")
     with running_sidecar(data, sae_path=sae, model_name=str(model)) as sidecar:
         rows = Rows()
-        sidecar.sidecar.runtime.taps.append(rows)
+        sidecar.sidecar.watchers.taps.append(rows)
         saved = {k: os.environ.get(k) for k in ("LATENTGUARD_SIDECAR", "LATENTGUARD_SAE_PATH",
                                                  "VLLM_CPU_KVCACHE_SPACE", "VLLM_CACHE_ROOT")}
         os.environ.update(LATENTGUARD_SIDECAR=sidecar.target, LATENTGUARD_SAE_PATH=str(sae),

@@ -35,7 +35,7 @@ def traces(sidecar: Any, tags: list[str], timeout: float = 15.0) -> dict[str, Tr
     store = sidecar.sidecar.store
     deadline = time.monotonic() + timeout
     while True:
-        sidecar.run(sidecar.sidecar.runtime.writer.flush())
+        sidecar.run(sidecar.sidecar.writer.flush())
         page, _ = sidecar.run(store.traces.list(TraceFilter(page_size=1000)))
         found = {t.request_tag: t.id for t in page if t.request_tag in tags}
         if len(found) == len(tags):

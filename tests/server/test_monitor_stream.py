@@ -94,7 +94,7 @@ def test_stream_blocks_steers_and_records(sidecar, tmp_path: Path, capsys) -> No
         monitor_pb2.RequestEnd(request_tag="C", finish_reason="stop")])
     assert reply.verdicts.step == 7
     drive.close()
-    sidecar.run(sidecar.sidecar.runtime.writer.flush())
+    sidecar.run(sidecar.sidecar.writer.flush())
 
     traces = traces_pb2_grpc.TracesStub(sidecar.channel())
     listed = traces.ListTraces(traces_pb2.ListTracesRequest()).traces

@@ -67,7 +67,7 @@ def test_features_probe_blocks_and_residual_probe_alerts(sidecar) -> None:
     drive.step(step=3, finished=[monitor_pb2.RequestEnd(request_tag=t, finish_reason="stop")
                                  for t in "AB"])
     drive.close()
-    sidecar.run(sidecar.sidecar.runtime.writer.flush())
+    sidecar.run(sidecar.sidecar.writer.flush())
 
     traces = traces_pb2_grpc.TracesStub(sidecar.channel())
     by_tag = {t.request_tag: t for t in traces.ListTraces(traces_pb2.ListTracesRequest()).traces}

@@ -7,10 +7,10 @@ from datetime import timedelta
 
 import pytest
 
+from latentguard.monitors.rules import RuleHit
 from latentguard.server.errors import InvalidArgument, NotFound, VersionConflict
 from latentguard.server.records import (
     AlertRecord,
-    HitRecord,
     ReviewRecord,
     TokenRecord,
     TraceFilter,
@@ -23,12 +23,12 @@ from latentguard.server.store import Store
 SPEC = {"name": "r1", "when": {"signal": {"feature": 3, "threshold": 1.0}}}
 
 
-def hit(rule: str, severity: str = "high", position: int = 4) -> HitRecord:
-    return HitRecord(rule=rule, severity=severity, action="block", position=position,
+def hit(rule: str, severity: str = "high", position: int = 4) -> RuleHit:
+    return RuleHit(rule=rule, severity=severity, action="block", position=position,
                      score=2.5, explanation=f"{rule} fired")
 
 
-def trace(*hits: HitRecord, minutes_ago: float = 0.0) -> TraceRecord:
+def trace(*hits: RuleHit, minutes_ago: float = 0.0) -> TraceRecord:
     started = utcnow() - timedelta(minutes=minutes_ago)
     return TraceRecord(
         id=new_trace_id(started), started_at=started, request_tag="req", model="m",

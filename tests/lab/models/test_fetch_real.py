@@ -82,7 +82,7 @@ def test_gemma_with_the_shipped_sae_is_monitored_in_vllm(models_dir: Path,
     rows = Rows()
     with running_sidecar(tmp_path / "d", sae_path=sae_dir,
                          model_name=str(folder)) as sidecar:
-        sidecar.sidecar.runtime.taps.append(rows)
+        sidecar.sidecar.watchers.taps.append(rows)
         env = {"LATENTGUARD_SIDECAR": sidecar.target, "LATENTGUARD_SAE_PATH": str(sae_dir),
                "VLLM_CPU_KVCACHE_SPACE": "1"}
         saved = {k: os.environ.get(k) for k in env}

@@ -1,0 +1,246 @@
+"""One Monitor stream: the requests it carries, their rule sessions, traces and verdicts.
+
+A step goes through a short pipeline over domain types (`server.step`; protos are converted
+in `services/monitor.py`):
+
+    check -> open -> evaluate -> record -> verdicts (-> close)
+
+`evaluate` is the CPU part (one SAE encode for all rows, probe scores, each request's rule
+session) and runs in a worker thread, off the event loop; the other stages are cheap and run
+on the loop. Traces are saved and alerts published by the writer in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+from opentelemetry.trace import Span as OtelSpan
+from torch import Tensor
+
+from latentguard.monitors.rules import Policy, RuleHit, RuleSession
+from latentguard.server.errors import FailedPrecondition, InvalidArgument
+from latentguard.server.events import HitFound, RequestEnded, TokensSeen, VerdictGiven, Watchers
+from latentguard.server.records import AlertRecord, FeatureValue, TokenRecord, TraceRecord, utcnow
+from latentguard.server.runtime import MonitorRuntime
+from latentguard.server.step import RequestClose, RequestOpen, Span, Step
+from latentguard.server.tokens import TokenTexts
+from latentguard.server.writer import TraceWriter
+from latentguard.wire import Verdict
+
+log = logging.getLogger(__name__)
+
+MAX_OPEN_REQUESTS = 4096
+
+
+@dataclass
+class RequestState:
+    trace: TraceRecord
+    policy: Policy
+    rules: RuleSession | None
+    """The request's rule session; None when its policy turns monitoring off."""
+    span: OtelSpan
+    blocked_by: str = ""
+
+
+@dataclass(frozen=True)
+class SpanResult:
+    """What `evaluate` found in one span."""
+
+    span: Span
+    rows: Tensor
+    tokens: list[TokenRecord]
+    hits: list[RuleHit]
+    series: dict[int, list[float]]
+    """Watched feature -> its values on the span's tokens."""
+
+
+class StreamSession:
+    def __init__(self, runtime: MonitorRuntime, writer: TraceWriter, watchers: Watchers,
+                 token_texts: TokenTexts, client: str = "") -> None:
+        self.runtime = runtime
+        self.writer = writer
+        self.watchers = watchers
+        self.token_texts = token_texts
+        self.client = client
+        self.requests: dict[str, RequestState] = {}
+
+    async def handle(self, step: Step) -> list[Verdict]:
+        """The step's verdicts (blocks and steers from the rules that fired)."""
+        start = time.perf_counter()
+        self.check(step)
+        for opened in step.opened:
+            self.open(opened)
+        results = await asyncio.to_thread(self.evaluate, step) if step.spans else []
+        verdicts = [v for result in results for v in self.record(result)]
+        for closed in step.closed:
+            self.close(closed)
+        telemetry = self.runtime.telemetry
+        telemetry.tokens_monitored.add(int(step.rows.shape[0]))
+        telemetry.verdict_latency.record(time.perf_counter() - start)
+        return verdicts
+
+    # ---- check ----------------------------------------------------------------------------
+
+    def check(self, step: Step) -> None:
+        """What the step says about requests agrees with what this stream knows (the message's
+        own consistency was checked when it was converted)."""
+        if self.runtime.sae is None:
+            raise FailedPrecondition("no SAE loaded: set LATENTGUARD_SAE_PATH")
+        new = [o.tag for o in step.opened]
+        if len(self.requests) + len(new) > MAX_OPEN_REQUESTS:
+            raise InvalidArgument(f"started: more than {MAX_OPEN_REQUESTS} open requests",
+                                  field="started")
+        known = set(self.requests) | set(new)
+        for i, span in enumerate(step.spans):
+            if span.tag not in known:
+                raise InvalidArgument(f"spans[{i}].request_tag: unknown request {span.tag!r} "
+                                      "(not started)", field=f"spans[{i}].request_tag")
+        for i, end in enumerate(step.closed):
+            if end.tag not in known:
+                raise InvalidArgument(f"finished[{i}].request_tag: unknown request "
+                                      f"{end.tag!r}", field=f"finished[{i}].request_tag")
+
+    # ---- open -----------------------------------------------------------------------------
+
+    def open(self, s: RequestOpen) -> None:
+        if s.tag in self.requests:
+            log.warning("request %s started twice; closing the first", s.tag)
+            self.close(RequestClose(tag=s.tag, finish_reason="restarted", monitoring_gap=True))
+        runtime = self.runtime
+        policy = runtime.policy(s.policy)
+        model = s.model or runtime.settings.model_name
+        span = runtime.telemetry.start_generation(model=model, request_tag=s.tag,
+                                                  policy=policy.name)
+        ctx = span.get_span_context()
+        trace = TraceRecord(
+            request_tag=s.tag, model=model, policy=policy.name, prompt_tokens=s.prompt_tokens,
+            prompt_text=s.prompt_text, otel_trace_id=f"{ctx.trace_id:032x}",
+            otel_span_id=f"{ctx.span_id:016x}",
+        )
+        engine = runtime.engine
+        rules = engine.new_session(policy) if policy.monitoring and engine is not None else None
+        self.requests[s.tag] = RequestState(trace=trace, policy=policy, rules=rules, span=span)
+
+    # ---- evaluate (worker thread) ---------------------------------------------------------
+
+    def evaluate(self, step: Step) -> list[SpanResult]:
+        """One encode of all the step's rows, probe scores, then each monitored span's token
+        records and rule hits. Reads request state, changes only the rule sessions."""
+        sae, engine, probes = self.runtime.sae, self.runtime.engine, self.runtime.probes
+        assert sae is not None  # check() refused the step otherwise
+        monitored = [s for s in step.spans if self.requests[s.tag].policy.monitoring]
+        if not monitored:
+            return []
+        no_rules = torch.empty(0, dtype=torch.long)
+        rule_idx = engine.signal_features if engine is not None else no_rules
+        watched = sorted({f for s in monitored
+                          if (w := self.watchers.get(s.tag)) is not None for f in w.features})
+        idx = torch.cat([rule_idx, torch.tensor(watched, dtype=torch.long)])
+        rows = step.rows
+        enc = sae.encode_for_monitor(rows, idx, self.runtime.settings.top_k)
+        selected = enc.selected[:, :rule_idx.numel()]
+        watched_cols = {f: rule_idx.numel() + i for i, f in enumerate(watched)}
+        probe_values = None
+        if probes is not None and engine is not None:
+            probe_values = probes.score(
+                rows, selected[:, engine.probe_feature_columns] if probes.reads_features
+                else None)
+        top_vals, top_idx = enc.topk_values.tolist(), enc.topk_indices.tolist()
+        results = []
+        for span in monitored:
+            state = self.requests[span.tag]
+            lo, hi = span.row_start, span.stop
+            text = self.token_texts.for_model(state.trace.model)
+            tokens = [
+                TokenRecord(position=pos, token_id=tok, prompt=span.prefill,
+                            text=text(tok) if text is not None else "",
+                            top_features=[FeatureValue(feature=f, value=v) for f, v in
+                                          zip(top_idx[r], top_vals[r], strict=True) if v > 0])
+                for r, pos, tok in zip(range(lo, hi), span.positions, span.token_ids,
+                                       strict=True)]
+            watcher = self.watchers.get(span.tag)
+            series = {f: enc.selected[lo:hi, watched_cols[f]].tolist()
+                      for f in (watcher.features if watcher is not None else [])}
+            hits = []
+            if state.rules is not None:
+                hits = state.rules.step(
+                    selected[lo:hi], probe_values[lo:hi] if probe_values is not None else None,
+                    span.positions, [span.prefill] * len(span.positions))
+                if probes is not None and engine is not None and probes.reads_features:
+                    labels = self.runtime.labels()
+                    hits = [probes.explain(h, selected[lo + span.positions.index(h.position),
+                                                       engine.probe_feature_columns], labels)
+                            if h.position in span.positions else h for h in hits]
+            results.append(SpanResult(span, rows[lo:hi], tokens, hits, series))
+        return results
+
+    # ---- record and verdicts --------------------------------------------------------------
+
+    def record(self, result: SpanResult) -> list[Verdict]:
+        """Adds the span's tokens and hits to the trace, publishes alerts, tells watchers and
+        telemetry; returns the verdicts its hits call for."""
+        span, state = result.span, self.requests[result.span.tag]
+        trace = state.trace
+        trace.tokens.extend(result.tokens)
+        if span.prefill:
+            trace.prompt_tokens = max(trace.prompt_tokens, max(span.positions) + 1)
+        for tap in self.watchers.taps:
+            tap(span.tag, span.positions, span.token_ids, result.rows.clone())
+        self.watchers.put(span.tag, TokensSeen(result.tokens, result.series))
+        verdicts = []
+        for hit in result.hits:
+            trace.hits.append(hit)
+            self.writer.publish(AlertRecord(trace_id=trace.id, request_tag=trace.request_tag,
+                                            model=trace.model, policy=state.policy.name,
+                                            hit=hit))
+            self.runtime.telemetry.record_hit(
+                state.span, rule=hit.rule, severity=hit.severity, action=hit.action.type,
+                score=hit.score, explanation=hit.explanation, request_tag=span.tag)
+            self.watchers.put(span.tag, HitFound(hit))
+            verdict = self.verdict(state, hit)
+            if verdict is not None:
+                self.watchers.put(span.tag, VerdictGiven(verdict))
+                verdicts.append(verdict)
+        return verdicts
+
+    @staticmethod
+    def verdict(state: RequestState, hit: RuleHit) -> Verdict | None:
+        """Block on the first blocking hit; steer unless blocked; alerts need no verdict."""
+        if state.blocked_by or hit.action.type == "alert":
+            return None
+        tag = state.trace.request_tag
+        if hit.action.type == "block":
+            state.blocked_by = hit.rule
+            return Verdict(tag, "block", hit.rule, hit.explanation)
+        return Verdict(tag, "steer", hit.rule, hit.explanation, hit.action.steer)
+
+    # ---- close ----------------------------------------------------------------------------
+
+    def close(self, end: RequestClose) -> None:
+        state = self.requests.pop(end.tag)
+        trace = state.trace
+        trace.ended_at = utcnow()
+        trace.finish_reason = "blocked" if state.blocked_by else (end.finish_reason or "stop")
+        trace.blocked = bool(state.blocked_by)
+        trace.blocked_by = state.blocked_by
+        trace.completion_tokens = end.completion_tokens or sum(
+            1 for t in trace.tokens if not t.prompt)
+        trace.completion_text = end.completion_text
+        trace.monitoring_gap = trace.monitoring_gap or end.monitoring_gap
+        self.runtime.telemetry.end_generation(
+            state.span, input_tokens=trace.prompt_tokens, output_tokens=trace.completion_tokens,
+            finish_reason=trace.finish_reason, blocked_by=trace.blocked_by, trace_id=trace.id)
+        stored = state.policy.monitoring and (
+            bool(trace.hits) or self.runtime.settings.trace_store == "all")
+        if stored:
+            self.writer.save(trace)
+        self.watchers.put(end.tag, RequestEnded(trace if stored else None))
+
+    async def close_all(self) -> None:
+        """The stream ended: requests still open are recorded with a monitoring gap."""
+        for tag in list(self.requests):
+            self.close(RequestClose(tag=tag, finish_reason="incomplete", monitoring_gap=True))

@@ -1,0 +1,146 @@
+"""The monitoring step on its own: `StreamSession.handle` over domain types, against a real
+embedded Redis (no gRPC): check -> open -> evaluate -> record -> verdicts -> close."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from latentguard.monitors.rules import Steer, load_rule_pack
+from latentguard.server.config import Settings
+from latentguard.server.errors import InvalidArgument
+from latentguard.server.events import HitFound, RequestEnded, TokensSeen, VerdictGiven, Watchers
+from latentguard.server.records import TraceFilter
+from latentguard.server.runtime import MonitorRuntime
+from latentguard.server.step import RequestClose, RequestOpen, Span, Step
+from latentguard.server.store import Store
+from latentguard.server.stream import StreamSession
+from latentguard.server.telemetry import setup_telemetry
+from latentguard.server.tokens import TokenTexts
+from latentguard.server.writer import TraceWriter
+from tests.server.fixtures import D_IN, RULES, build_sae
+
+
+class Harness:
+    def __init__(self, session: StreamSession, store: Store, writer: TraceWriter,
+                 watchers: Watchers, spans: InMemorySpanExporter) -> None:
+        self.session, self.store, self.writer = session, store, writer
+        self.watchers, self.spans = watchers, spans
+
+    async def traces(self) -> dict[str, Any]:
+        await self.writer.flush()
+        page, _ = await self.store.traces.list(TraceFilter(page_size=100))
+        return {t.request_tag: await self.store.traces.get(t.id) for t in page}
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    sae = build_sae(tmp_path / "sae")
+    settings = Settings(data_dir=tmp_path / "data", sae_path=sae, model_name="tiny")
+    store = await Store.open(None, settings.data_dir, retention=timedelta(days=1))
+    pack = load_rule_pack(RULES)
+    for rule in pack.rules:
+        await store.rules.put(rule.name, rule.model_dump(mode="json"), expected_version=0)
+    for policy in pack.policies:
+        await store.policies.put(policy.name, policy.model_dump(mode="json"), expected_version=0)
+    exporter = InMemorySpanExporter()
+    telemetry = setup_telemetry(span_processors=[SimpleSpanProcessor(exporter)])
+    runtime = await MonitorRuntime.create(settings, store, telemetry)
+    writer = TraceWriter(store, settings.data_dir).start()
+    watchers = Watchers()
+    session = StreamSession(runtime, writer, watchers, TokenTexts())
+    try:
+        yield Harness(session, store, writer, watchers, exporter)
+    finally:
+        await writer.close()
+        await store.close()
+
+
+def rows(*values: dict[int, float]) -> torch.Tensor:
+    out = torch.zeros(len(values), D_IN)
+    for r, v in enumerate(values):
+        for dim, x in v.items():
+            out[r, dim] = x
+    return out
+
+
+def span(tag: str, start: int, positions: list[int], prefill: bool = False) -> Span:
+    return Span(tag=tag, row_start=start, positions=positions,
+                token_ids=[100 + p for p in positions], prefill=prefill)
+
+
+async def test_a_step_blocks_steers_and_records(harness: Harness) -> None:
+    s = harness.session
+    watcher = harness.watchers.watch("A", features=[3])
+    first = await s.handle(Step(1, rows({}, {}, {}), opened=[RequestOpen("A"), RequestOpen("B")],
+                                spans=[span("A", 0, [0, 1], prefill=True),
+                                       span("B", 2, [0], prefill=True)]))
+    assert first == []  # prompt rows are outside the block and steer rules' scope
+    verdicts = await s.handle(Step(2, rows({3: 2.5}, {7: 4.0}),
+                                   spans=[span("A", 0, [2]), span("B", 1, [1])]))
+    by_tag = {v.request_tag: v for v in verdicts}
+    assert by_tag["A"].kind == "block" and by_tag["A"].rule == "unsafe-code"
+    assert by_tag["B"].kind == "steer" and by_tag["B"].steer == Steer.model_validate(
+        {"mode": "clamp", "features": [{"feature": 7, "value": 0.5}], "tokens": 4})
+    # A blocked request gets no second block verdict when its rule fires again.
+    again = await s.handle(Step(3, rows({}, {3: 3.0}), spans=[span("A", 1, [3])],
+                                closed=[RequestClose("B", "stop")]))
+    assert [v.kind for v in again] == []
+    await s.handle(Step(4, closed=[RequestClose("A", "stop")]))
+    stored = await harness.traces()
+    assert stored["A"].blocked and stored["A"].blocked_by == "unsafe-code"
+    assert stored["A"].finish_reason == "blocked" and stored["A"].prompt_tokens == 2
+    assert [t.position for t in stored["A"].tokens] == [0, 1, 2, 3]
+    assert stored["A"].tokens[2].top_features[0].feature == 3
+    assert [h.rule for h in stored["B"].hits] == ["calm-down"]
+    assert stored["B"].hits[0].action.steer is not None  # the hit keeps the rule's steer
+    events: list[Any] = []
+    while not watcher.empty():
+        events.append(watcher.get_nowait())
+    kinds = [type(e) for e in events]
+    assert kinds[:4] == [TokensSeen, TokensSeen, HitFound, VerdictGiven]
+    assert kinds[-1] is RequestEnded and events[-1].trace.id == stored["A"].id
+    assert events[1].series == {3: [2.5]}  # the watched feature, from the same one encode
+    finished = harness.spans.get_finished_spans()
+    assert len(finished) == 2  # one span per generation, ended when the request closed
+    hit_events = [e for sp in finished for e in sp.events]
+    assert {e.attributes["gen_ai.evaluation.name"] for e in hit_events} >= {"unsafe-code",
+                                                                             "calm-down"}
+
+
+async def test_monitoring_off_and_unknown_requests(harness: Harness) -> None:
+    s = harness.session
+    assert await s.handle(Step(1, rows({3: 9.0}), opened=[RequestOpen("Q", policy="quiet")],
+                               spans=[span("Q", 0, [0])])) == []
+    with pytest.raises(InvalidArgument) as err:
+        await s.handle(Step(2, rows({}), spans=[span("nobody", 0, [0])]))
+    assert err.value.field == "spans[0].request_tag"
+    with pytest.raises(InvalidArgument) as err:
+        await s.handle(Step(3, closed=[RequestClose("nobody")]))
+    assert err.value.field == "finished[0].request_tag"
+    await s.handle(Step(4, closed=[RequestClose("Q")]))
+    assert "Q" not in await harness.traces()  # a policy without monitoring stores nothing
+
+
+async def test_a_stream_that_ends_records_open_requests_as_gaps(harness: Harness) -> None:
+    s = harness.session
+    await s.handle(Step(1, rows({}), opened=[RequestOpen("G")], spans=[span("G", 0, [0], True)]))
+    await s.close_all()
+    trace = (await harness.traces())["G"]
+    assert trace.monitoring_gap and trace.finish_reason == "incomplete"
+
+
+async def test_a_request_started_twice_closes_the_first(harness: Harness) -> None:
+    s = harness.session
+    await s.handle(Step(1, opened=[RequestOpen("R")]))
+    await s.handle(Step(2, opened=[RequestOpen("R")]))
+    assert len(s.requests) == 1
+    trace = (await harness.traces())["R"]
+    assert trace.finish_reason == "restarted" and trace.monitoring_gap
