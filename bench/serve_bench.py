@@ -1,6 +1,6 @@
 """Plain vLLM against vLLM monitored by latentguard (async and sync), side by side in one run.
 
-    .venv/bin/python bench/serve_bench.py     # make bench; Gemma 3 270M + the shipped SAE
+    .venv/bin/python -m bench.serve_bench     # make bench; Gemma 3 270M + the shipped SAE
 
 It serves the model twice through vLLM's OpenAI server (eager mode, fp32, same flags, same
 logits processor), both servers up at once: one with the plugin off (`LATENTGUARD_DISABLE=1`),
@@ -52,8 +52,9 @@ import psutil
 import torch
 from rich.console import Console
 from rich.table import Table
-from sae_encode import rate
-from serving import (
+
+from bench.sae_encode import rate
+from bench.serving import (
     SidecarProcess,
     alerting,
     plugin_env,
@@ -61,7 +62,6 @@ from serving import (
     sidecar_process,
     write_pack,
 )
-
 from latentguard.cli.launcher import LOGITS_PROCESSOR, compiled_args, http_ok, wait_until
 from latentguard.monitors.sae import SAE, load_sae
 

@@ -1,9 +1,9 @@
 """Assemble an SAE folder's default rule pack from evaluation results.
 
-    .venv/bin/python bench/ship_pack.py --sae saes/gemma-3-270m/blocks.9.hook_resid_post \\
+    .venv/bin/python -m bench.ship_pack --sae saes/gemma-3-270m/blocks.9.hook_resid_post \\
         bench/results/unsafe-code-gemma-3-270m-l9 bench/results/deception-gemma-3-270m-l9
 
-Each results folder (from ``unsafe_code_eval.py`` or ``deception_eval.py``) brings its
+Each results folder (from ``bench.unsafe_code_eval`` or ``bench.deception_eval``) brings its
 ``rules.yaml`` rules, its ``probes/`` and its ``features.json`` catalog entries. The SAE folder
 gets ``rules.yaml`` (those rules, in order, plus a ``default`` policy with every rule in async
 mode and a ``strict`` one in sync mode that fails closed), ``probes/`` and ``features.json``

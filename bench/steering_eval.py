@@ -1,7 +1,7 @@
 """Steering through vLLM: does clamping the unsafe-code feature change how often bandit flags
 what the model writes, and what does it cost in perplexity?
 
-Prompts are held-out functions of the unsafe-code set (`unsafe_code_data.py`) cut just before a
+Prompts are held-out functions of the unsafe-code set (``bench.unsafe_code_data``) cut just before a
 line: half from functions bandit flags, cut before the first flagged line (the model writes that
 line: the same call or another), half from clean ones, cut at the same relative depth. Heads
 bandit flags by themselves are dropped. Gemma continues each greedily in vLLM, with the
@@ -19,7 +19,7 @@ longest prefix that parses. The perplexity cost is measured in the same engine u
 steering: the mean negative log-likelihood of held-out clean functions (prompt logprobs),
 against the unsteered model.
 
-    .venv/bin/python bench/steering_eval.py --model ~/.cache/latentguard/models/gemma-3-270m \\
+    .venv/bin/python -m bench.steering_eval --model ~/.cache/latentguard/models/gemma-3-270m \\
         --sae saes/gemma-3-270m/blocks.9.hook_resid_post --data data/unsafe_code.jsonl \\
         --out bench/results/steering-gemma-3-270m-l9
 """
@@ -42,10 +42,10 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-from serving import observe_pack, plugin_env, sidecar_process
-from unsafe_code_data import at_least, bandit_issues, bandit_results
-from unsafe_code_eval import eval_parser, read_rows
 
+from bench.common import eval_parser, read_rows
+from bench.serving import observe_pack, plugin_env, sidecar_process
+from bench.unsafe_code_data import at_least, bandit_issues, bandit_results
 from latentguard.monitors.rules import Steer, load_rule_pack
 
 log = logging.getLogger("steering_eval")
@@ -246,7 +246,7 @@ def table(summary: dict[str, Any], feature_test: str) -> Table:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = eval_parser(__doc__, "JSONL from unsafe_code_data.py")
+    p = eval_parser(__doc__, "JSONL from bench.unsafe_code_data")
     p.add_argument("--rules", type=Path, help="rule pack (default: SAE/rules.yaml)")
     p.add_argument("--rule", default="unsafe-code-feature",
                    help="the single-feature rule whose feature is steered")

@@ -1,6 +1,6 @@
 """Build the "unsafe code" data set: real Python functions labelled by bandit.
 
-    .venv/bin/python bench/unsafe_code_data.py \
+    .venv/bin/python -m bench.unsafe_code_data \
         --source /root/.pyenv/versions/3.11.7/lib/python3.11 --out data/unsafe_code.jsonl
 
 Every module-level function and every method of a module-level class in the ``.py`` files under

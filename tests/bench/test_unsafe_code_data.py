@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[2] / "bench"))
-
-import unsafe_code_data as ucd
+from bench import unsafe_code_data as ucd
 
 pytest.importorskip("bandit")
 

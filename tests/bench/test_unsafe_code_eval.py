@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from bench import unsafe_code_eval as uce
+from bench.common import Heldout, load_split
+from latentguard.lab.activations import TextEncoder
 from latentguard.lab.tinymodel import build_tiny_model, build_tiny_sae
 from latentguard.monitors.catalog import FeatureCatalog
 from latentguard.monitors.probes import ProbeSet
 from latentguard.monitors.rules import load_rule_pack
-
-sys.path.insert(0, str(Path(__file__).parents[2] / "bench"))
-
-import unsafe_code_eval as uce
 
 UNSAFE = ["os.system(cmd)", "eval(input())", "pickle.loads(data)", "subprocess.call(c, shell=True)",
           "exec(code)", "hashlib.md5(pw)"]
@@ -100,13 +98,14 @@ def test_per_test_features_and_catalog() -> None:
     t_feats, t_flagged = feats[:40].clone(), flagged[:40]
     t_y = y[:40]
     per_test = uce.per_test_features((feats, y, flagged), (t_feats, t_y, t_flagged))
-    got = {t["test"]: t for t in per_test}
-    assert got["B301"]["feature"] == 5 and got["B301"]["name"] == "pickle"
-    assert got["B102"]["feature"] == 7 and got["B102"]["name"] == "exec_used"
-    assert got["B301"]["train_auroc"] == 1.0 and got["B301"]["heldout_auroc"] == 1.0
-    m = {"rule": {"feature": 5, "train_auroc": 0.9, "heldout": {"auroc": 0.8}},
-         "per_test": per_test}
-    entries = {e["index"]: e for e in uce.catalog_entries(m, "")}
+    got = {t.test: t for t in per_test}
+    assert got["B301"].feature == 5 and got["B301"].name == "pickle"
+    assert got["B102"].feature == 7 and got["B102"].name == "exec_used"
+    assert got["B301"].train_auroc == 1.0 and got["B301"].heldout_auroc == 1.0
+    rule = uce.FeatureRule(feature=5, train_auroc=0.9, threshold=0.5,
+                           train_recall_at_threshold=0.5,
+                           heldout=Heldout(0.8, 0.1, 0.5, 0.1, 0.01))
+    entries = {e["index"]: e for e in uce.catalog_entries(rule, per_test, "")}
     assert entries[5]["label"] == "unsafe Python code (bandit); pickle (B301)"
     assert entries[7]["label"] == "exec_used (B102)" and "B102" in entries[7]["tags"]
 
@@ -123,7 +122,7 @@ def test_cached_rows_skip_the_model(data: Path, tmp_path: Path,
     def no_model(*_a: object, **_k: object) -> None:
         raise AssertionError("the model was loaded despite the cache")
 
-    monkeypatch.setattr(uce.TextEncoder, "load", no_model)
+    monkeypatch.setattr(TextEncoder, "load", no_model)
     assert uce.main([*args, "--out", str(tmp_path / "b")]) == 0
     first, second = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in "ab")
     for key in ("rule", "probe", "probe_max"):
@@ -136,7 +135,7 @@ def test_missing_positives_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"id": "a", "text": "x", "label": 0, "split": "train"}) + "\n")
     with pytest.raises(SystemExit, match="needs both"):
-        uce.load_split(path, "train", None, None, 0)
+        load_split(path, "train", None, None, 0)
 
 
 def test_any_rule_covers_several_kinds_of_unsafe_code() -> None:
@@ -152,9 +151,9 @@ def test_any_rule_covers_several_kinds_of_unsafe_code() -> None:
     (feats, y), (t_feats, t_y) = sample(400), sample(200)
     got = uce.any_rule((feats, y), (t_feats, t_y), [2, 6, 2])
     assert got is not None
-    assert [f["feature"] for f in got["features"]] == [2, 6]
-    assert got["train_fpr_at_threshold"] <= 0.01
-    assert got["heldout"]["auroc"] > 0.99 and got["heldout"]["recall_at_train_threshold"] > 0.95
+    assert [f.feature for f in got.features] == [2, 6]
+    assert got.train_fpr_at_threshold <= 0.01
+    assert got.heldout.auroc > 0.99 and got.heldout.recall_at_train_threshold > 0.95
     single = uce.auroc(t_feats[t_y == 1, 2], t_feats[t_y == 0, 2])
     assert float(single) < 0.8  # one feature sees half of the unsafe snippets
     assert uce.any_rule((feats, y), (t_feats, t_y), []) is None
