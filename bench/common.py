@@ -9,7 +9,9 @@
   the slow part and every rule can be re-chosen, with another SAE too, from the same rows;
 - results as dataclasses: what a method measured (written to ``metrics.json`` by
   ``write_results``) apart from what it fitted (``Fitted.direction``, saved as a probe), so
-  nothing written has to be picked out of a dict first.
+  nothing written has to be picked out of a dict first; ``read_results`` reads a file back
+  into its dataclass, refusing keys that are not its fields (the README tables and the tests
+  read these files, so their shape must not drift).
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ import logging
 import random
 import sys
 import time
+import types
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, Union
 
 import torch
 from safetensors import safe_open
@@ -47,13 +51,15 @@ Row = dict[str, Any]
 # ---- command line ---------------------------------------------------------------------------
 
 def eval_parser(doc: str, data_help: str) -> argparse.ArgumentParser:
-    """The arguments every evaluation here takes: model, SAE, layer, data and results folder."""
+    """The arguments every evaluation here takes: model, SAE, layer, data, results folder and
+    seed."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--model", required=True, help="HF model folder")
     p.add_argument("--sae", required=True, help="SAE folder")
     p.add_argument("--layer", type=int, help="decoder layer (default: the SAE's)")
     p.add_argument("--data", type=Path, required=True, help=data_help)
     p.add_argument("--out", type=Path, required=True, help="results folder")
+    p.add_argument("--seed", type=int, default=0, help="seeds the samples, fits and generation")
     return p
 
 
@@ -216,3 +222,33 @@ def write_results(path: Path, results: Any) -> None:
         raise TypeError(f"write_results takes a dataclass instance, not {type(results)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(dataclasses.asdict(results), indent=2) + "\n", encoding="utf-8")
+
+
+R = TypeVar("R")
+
+
+def read_results(path: Path, cls: type[R]) -> R:
+    """A results JSON read back into its dataclass ``cls``: exactly its fields, nested
+    dataclasses rebuilt (a key missing or extra is an error, naming the dataclass)."""
+    return _build(cls, json.loads(path.read_text(encoding="utf-8")))
+
+
+def _build(tp: Any, value: Any) -> Any:
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        fields = dataclasses.fields(tp)
+        if not isinstance(value, dict) or set(value) != {f.name for f in fields}:
+            got = sorted(value) if isinstance(value, dict) else type(value).__name__
+            raise ValueError(f"{tp.__name__} has fields {[f.name for f in fields]}, got {got}")
+        hints = typing.get_type_hints(tp)
+        return tp(**{f.name: _build(hints[f.name], value[f.name]) for f in fields})
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is list:
+        return [_build(args[0], v) for v in value]
+    if origin is dict:
+        return {k: _build(args[1], v) for k, v in value.items()}
+    if origin in (Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        if value is None or len(options) != 1:
+            return value
+        return _build(options[0], value)
+    return value

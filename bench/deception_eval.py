@@ -132,7 +132,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="L2 penalties tried by 3-fold cross-validation (folds by country)")
     p.add_argument("--n-features", type=int, nargs="+", default=list(uce.N_FEATURES),
                    help="features of the weighted-features SAE rule (cross-validated)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", type=Path, help="folder caching the texts' residual rows")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -19,12 +19,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from latentguard.monitors.sae import SAEConfig, architecture_class
+from latentguard.monitors.sae import SAE, SAEConfig, architecture_class
 
 console = Console()
 
 
-def make_sae(arch: str, d_in: int, d_sae: int, dtype: torch.dtype):
+def make_sae(arch: str, d_in: int, d_sae: int, dtype: torch.dtype) -> SAE:
     g = torch.Generator().manual_seed(0)
     t = {
         "W_enc": torch.randn(d_in, d_sae, generator=g) / d_in**0.5,

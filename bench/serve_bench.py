@@ -53,6 +53,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from bench.common import write_results
 from bench.sae_encode import rate
 from bench.serving import (
     SidecarProcess,
@@ -375,14 +376,37 @@ def machine() -> dict[str, Any]:
 
 # ---- report ---------------------------------------------------------------------------------
 
-def report_table(result: dict[str, Any]) -> Table:
-    where = result["machine"].get("gpu") or result["machine"]["cpu"]
-    how = "compiled" if result.get("compiled") else "eager"
-    t = Table(title=f"vLLM plain vs monitored ({result['model_name']}, {how}, {where})")
+@dataclass
+class ServeResults:
+    """The results JSON: the run's settings and machine, then each measurement."""
+
+    model: str
+    model_name: str
+    sae: str
+    machine: dict[str, Any]
+    max_tokens: int
+    date: str
+    sidecar_cpus: list[int] | None
+    compiled: bool
+    vllm_cpu_bind: str | None
+    encode: dict[str, Any]
+    """``encode_fraction``: the SAE encode rate against the bare matmul."""
+    block: dict[str, Any]
+    """``block_latency`` per mode: tokens emitted after the block rule fired."""
+    ingest: list[dict[str, Any]]
+    """``ingest``: decode-like, then prefill-like steps over a real Monitor stream."""
+    throughput: list[dict[str, Any]]
+    """``interleaved``: one row per batch size and mode (plain, async, sync)."""
+
+
+def report_table(result: ServeResults) -> Table:
+    where = result.machine.get("gpu") or result.machine["cpu"]
+    how = "compiled" if result.compiled else "eager"
+    t = Table(title=f"vLLM plain vs monitored ({result.model_name}, {how}, {where})")
     for col in ("batch", "mode", "tokens/s", "vs plain", "TPOT p50 ms", "TPOT p99 ms",
                 "sidecar cores", "sidecar MB"):
         t.add_column(col, justify="right")
-    for row in result["throughput"]:
+    for row in result.throughput:
         t.add_row(str(row["batch"]), row["mode"], f"{row['tokens_per_s']:.1f}",
                   f"{row['ratio']:.1%}" if row["mode"] != "plain" else "",
                   f"{row['tpot_p50_ms']:.0f}", f"{row['tpot_p99_ms']:.0f}",
@@ -483,15 +507,10 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"logs and sidecar data: {work}")
     url = f"http://127.0.0.1:{args.port}/v1/completions"
     prompts = stdlib_prompts(max(args.batches) * args.rounds)
-    result: dict[str, Any] = {"model": str(args.model), "model_name": args.model.name,
-                              "sae": str(args.sae), "machine": machine(),
-                              "max_tokens": args.max_tokens, "date": time.strftime("%Y-%m-%d"),
-                              "sidecar_cpus": args.sidecar_cpus,
-                              "compiled": args.compiled,
-                              "vllm_cpu_bind": os.environ.get("VLLM_CPU_OMP_THREADS_BIND")}
+    host, date = machine(), time.strftime("%Y-%m-%d")
     console.print("SAE encode vs matmul ...")
     loaded = load_sae(sae)
-    result["encode"] = encode_fraction(loaded, 256, 2.0)
+    encode = encode_fraction(loaded, 256, 2.0)
 
     pack = bench_pack(sae / "rules.yaml", work / "bench-rules.yaml")
     monitored_port = args.monitored_port or args.port + 1
@@ -506,25 +525,29 @@ def main(argv: list[str] | None = None) -> int:
                                        work / "vllm-monitored.log", max(args.batches),
                                        args.max_model_len, args.compiled):
             rows = interleaved(args, prompts, url, monitored_url, usage)
-            result["block"] = block_latency(monitored_url, sidecar, args.block_copies, 32)
+            block = block_latency(monitored_url, sidecar, args.block_copies, 32)
         console.print("sidecar ingest ...")
         steps = args.ingest_steps
-        result["ingest"] = [ingest(sidecar, loaded, 32, steps, 1),
-                            ingest(sidecar, loaded, 4, max(1, steps // 5), 256)]
+        ingested = [ingest(sidecar, loaded, 32, steps, 1),
+                    ingest(sidecar, loaded, 4, max(1, steps // 5), 256)]
     order = {m: i for i, m in enumerate(("plain", "async", "sync"))}
-    result["throughput"] = sorted(rows, key=lambda r: (r["batch"], order[r["mode"]]))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    result = ServeResults(
+        model=str(args.model), model_name=args.model.name, sae=str(args.sae), machine=host,
+        max_tokens=args.max_tokens, date=date, sidecar_cpus=args.sidecar_cpus,
+        compiled=args.compiled, vllm_cpu_bind=os.environ.get("VLLM_CPU_OMP_THREADS_BIND"),
+        encode=encode, block=block, ingest=ingested,
+        throughput=sorted(rows, key=lambda r: (r["batch"], order[r["mode"]])))
+    write_results(args.out, result)
     console.print(report_table(result))
-    enc = result["encode"]
+    enc = result.encode
     console.print(f"SAE encode: {enc['encode_rows_per_s']:,.0f} rows/s = {enc['fraction']:.0%} "
                   f"of the bare matmul ({enc['matmul_gflops']:.0f} GFLOP/s, "
                   f"{enc['threads']} threads)")
-    for ing in result["ingest"]:
+    for ing in result.ingest:
         console.print(f"ingest, {ing['requests']} requests x {ing['rows_per_request_per_step']} "
                       f"rows per step: {ing['rows_per_s']:,.0f} rows/s, "
                       f"{ing['rows_per_s_per_core']:,.0f} rows/s per sidecar core")
-    for mode, b in result["block"].items():
+    for mode, b in result.block.items():
         console.print(f"block, {mode}: {b['blocked']}/{b['requests']} blocked, at most "
                       f"{b['tokens_after_trigger_max']} tokens after the trigger")
     console.print(f"results: {args.out}")

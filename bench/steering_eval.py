@@ -37,13 +37,14 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import eval_parser, read_rows
+from bench.common import eval_parser, read_rows, write_results
 from bench.serving import observe_pack, plugin_env, sidecar_process
 from bench.unsafe_code_data import at_least, bandit_issues, bandit_results
 from latentguard.monitors.rules import Steer, load_rule_pack
@@ -53,6 +54,25 @@ log = logging.getLogger("steering_eval")
 #: Where a function body ends in generated code.
 STOPS = ["\ndef ", "\nclass ", "\n@", "\nif __name__"]
 MIN_SEVERITY = "MEDIUM"
+
+
+@dataclass
+class SteeringResults:
+    """``metrics.json``: the steered feature, the conditions and each one's summary."""
+
+    model: str
+    sae: str
+    rule: str
+    feature: int
+    feature_test: str
+    """The bandit test the feature's catalog entry names (``with_<test>`` in each summary)."""
+    high_multiples: list[float]
+    conditions: dict[str, dict[str, Any] | None]
+    """Each condition's ``latentguard_steer`` (None: not steered)."""
+    max_tokens: int
+    seed: int
+    summary: dict[str, dict[str, Any]]
+    """Per condition, what ``summarise`` measured."""
 
 
 def head_before(text: str, line: int) -> str | None:
@@ -255,7 +275,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--prompts", type=int, default=64, help="prompts per label")
     p.add_argument("--ppl-texts", type=int, default=64, help="held-out clean functions scored")
     p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", type=Path, help="keep the sidecar's data and log here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -280,11 +299,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = summarise(prompts, results, feature_test)
     Console().print(table(summary, feature_test))
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"model": str(args.model), "sae": str(args.sae), "rule": args.rule,
-            "feature": feature, "feature_test": feature_test, "high_multiples": args.high,
-            "conditions": {k: (v.model_dump() if v else None) for k, v in steers.items()},
-            "max_tokens": args.max_tokens, "seed": args.seed, "summary": summary}
-    (args.out / "metrics.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_results(args.out / "metrics.json", SteeringResults(
+        model=str(args.model), sae=str(args.sae), rule=args.rule, feature=feature,
+        feature_test=feature_test, high_multiples=args.high,
+        conditions={k: (v.model_dump() if v else None) for k, v in steers.items()},
+        max_tokens=args.max_tokens, seed=args.seed, summary=summary))
     with (args.out / "completions.jsonl").open("w", encoding="utf-8") as f:
         for i, pr in enumerate(prompts):
             f.write(json.dumps({**pr, **{n: r["completions"][i] for n, r in results.items()},

@@ -552,7 +552,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "cross-validation on the train split")
     p.add_argument("--rules-out", type=Path, help="rule pack to write (default: OUT/rules.yaml)")
     p.add_argument("--probe-out", type=Path, help="probe folder (default: OUT/probes)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", type=Path, help="folder caching the snippets' residual rows "
                    "(reused when model, layer, --max-tokens and snippets match)")
     args = p.parse_args(argv)

@@ -52,7 +52,8 @@ def test_split_is_by_country(rows: list[dict]) -> None:
     assert Counter(r["label"] for r in rows)[1] == len(rows) // 2
 
 
-def test_eval_end_to_end(rows: list[dict], tmp_path: Path, capsys) -> None:
+def test_eval_end_to_end(rows: list[dict], tmp_path: Path,
+                         capsys: pytest.CaptureFixture[str]) -> None:
     small = [r for r in rows if r["source"] in {"FR", "DE", "JP", "BR", "KE", "IN", "CA", "EG",
                                                 "AU", "MX", "PL", "TH"}]
     data = tmp_path / "d.jsonl"
