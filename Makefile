@@ -29,12 +29,13 @@ serve: $(STAMP)
 sidecar: $(STAMP)
 	$(BIN)/latentguard serve
 
-test: $(STAMP)
-	$(BIN)/ruff check .
+test: lint
 	$(BIN)/python -m pytest -q
 
+# ruff, then mypy over the installed package (strict on monitors/ and the step path).
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/python .ci/typecheck.py
 
 proto: $(STAMP)
 	$(BIN)/python -m latentguard.protogen

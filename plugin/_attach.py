@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from types import FrameType
 from typing import Any
 
 import torch
@@ -36,7 +37,7 @@ def arm() -> None:
 
 
 def _find_runner(module: torch.nn.Module) -> Any:
-    frame = sys._getframe(2)
+    frame: FrameType | None = sys._getframe(2)
     while frame is not None:
         owner = frame.f_locals.get("self")
         if owner is not None and hasattr(owner, "input_batch") and \

@@ -206,9 +206,9 @@ class Capture:
         requests = self.runner.requests
         ended = []
         for rid in [r for r in self.tracked if r not in requests]:
-            t = self.tracked.pop(rid)
-            if t.generation == self.client.generation:
-                ended.append(self._end(t))
+            gone = self.tracked.pop(rid)
+            if gone.generation == self.client.generation:
+                ended.append(self._end(gone))
         started = []
         for rid in req_ids:
             t = self.tracked.get(rid)

@@ -36,7 +36,7 @@ def trace_proto(t: TraceRecord, labels: dict[int, str] | None = None) -> traces_
     return traces_pb2.Trace(
         id=t.id, request_tag=t.request_tag, model=t.model, policy=t.policy,
         started_at=wire.to_timestamp(t.started_at), ended_at=wire.to_timestamp(t.ended_at),
-        status=wire.STATUS[t.status], max_severity=wire.SEVERITY.get(t.max_severity, 0),
+        status=wire.STATUS[t.status], max_severity=wire.SEVERITY.code(t.max_severity),
         rules_hit=t.rules_hit, finish_reason=t.finish_reason, blocked=t.blocked,
         blocked_by=t.blocked_by, prompt_tokens=t.prompt_tokens,
         completion_tokens=t.completion_tokens, otel_trace_id=t.otel_trace_id,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -124,7 +124,7 @@ def grpc_errors(handler: F) -> F:
         return stream_wrapper  # type: ignore[return-value]
 
     @functools.wraps(handler)
-    async def unary_wrapper(self: Any, request: Any, context: Any) -> Awaitable[Any]:
+    async def unary_wrapper(self: Any, request: Any, context: Any) -> Any:
         try:
             return await handler(self, request, context)
         except grpc.aio.AbortError:

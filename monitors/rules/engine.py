@@ -58,7 +58,7 @@ class CompiledSignal:
 
 
 # A condition tree over signal slots: ("signal", slot) | ("all"|"any", (children...)).
-Tree = tuple[str, object]
+Tree = tuple[str, "int | tuple[Tree, ...]"]
 
 
 @dataclass(frozen=True)

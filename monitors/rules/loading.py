@@ -7,10 +7,11 @@ YAML node tree along the error's path) and the dotted field path as the user wro
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from latentguard.monitors.errors import RuleValidationError
 from latentguard.monitors.rules.schema import Policy, Rule, RulePack
@@ -62,13 +63,10 @@ def validate_policy(data: dict[str, Any]) -> Policy:
     return _validate(Policy, data, source="", root=None)
 
 
-def _validate(
-    model: type[RulePack] | type[Rule] | type[Policy],
-    data: dict[str, Any],
-    *,
-    source: str,
-    root: Any,
-) -> Any:
+M = TypeVar("M", RulePack, Rule, Policy)
+
+
+def _validate(model: type[M], data: dict[str, Any], *, source: str, root: yaml.Node | None) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -90,7 +88,7 @@ def _validate(
         raise RuleValidationError("", "rule nesting is too deep", source=source) from None
 
 
-def _problem(err: dict[str, Any]) -> str:
+def _problem(err: ErrorDetails) -> str:
     msg = str(err["msg"])
     if err["type"] == "extra_forbidden":
         return f"unknown key {err['loc'][-1]!r} (not permitted)"
@@ -130,17 +128,17 @@ def _parse_dotted(field: str) -> list[int | str]:
     return out
 
 
-def _line(root: Any, segments: list[int | str]) -> int | None:
+def _line(root: yaml.Node | None, segments: list[int | str]) -> int | None:
     """1-based line of the deepest YAML node along ``segments`` (the key when found)."""
     if root is None:
         return None
     node = root
-    line = node.start_mark.line + 1
+    line: int = node.start_mark.line + 1
     for seg in segments:
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 if isinstance(key, yaml.ScalarNode) and key.value == str(seg):
-                    line, node = key.start_mark.line + 1, value
+                    line, node = int(key.start_mark.line) + 1, value
                     break
             else:
                 return line
@@ -148,7 +146,7 @@ def _line(root: Any, segments: list[int | str]) -> int | None:
             if not 0 <= seg < len(node.value):
                 return line
             node = node.value[seg]
-            line = node.start_mark.line + 1
+            line = int(node.start_mark.line) + 1
         else:
             return line
     return line

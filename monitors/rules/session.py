@@ -135,18 +135,19 @@ def _rows(values: Tensor | np.ndarray, field: str, n: int, width: int) -> list[l
     if isinstance(values, Tensor):
         if not values.is_floating_point():
             raise ShapeError(field, f"expected floating point values, got {values.dtype}")
-        return values.detach().cpu().double().tolist()
-    return np.asarray(values, dtype=np.float64).tolist()
+        out: list[list[float]] = values.detach().cpu().double().tolist()
+        return out
+    rows: list[list[float]] = np.asarray(values, dtype=np.float64).tolist()
+    return rows
 
 
 def _evaluate(tree: Tree, results: list[tuple[bool, float, int]]) -> bool:
     kind, arg = tree
-    if kind == "signal":
-        return results[arg][0]  # type: ignore[index]
-    children = arg  # type: ignore[assignment]
+    if isinstance(arg, int):
+        return results[arg][0]
     if kind == "all":
-        return all(_evaluate(c, results) for c in children)  # type: ignore[union-attr]
-    return any(_evaluate(c, results) for c in children)  # type: ignore[union-attr]
+        return all(_evaluate(c, results) for c in arg)
+    return any(_evaluate(c, results) for c in arg)
 
 
 def _describe(sig: Signal, value: float, where: int, run_start: int) -> str:

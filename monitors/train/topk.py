@@ -75,7 +75,7 @@ class TopKTrainee(nn.Module):
     @torch.no_grad()
     def normalize_decoder(self) -> None:
         """Rescale each decoder row to unit norm."""
-        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
 
     @torch.no_grad()
     def remove_parallel_gradient(self) -> None:

@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stale generated files: {', '.join(stale)}; run `make proto`", file=sys.stderr)
             return 1
         return 0
-    for stale in API_DIR.glob("*_pb2*.py*"):
-        stale.unlink()
+    for old in API_DIR.glob("*_pb2*.py*"):
+        old.unlink()
     for path in generate(PROTO_ROOT):
         print(path.relative_to(PROTO_ROOT.parent))
     return 0

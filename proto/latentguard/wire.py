@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar, cast, overload
 
 import numpy as np
 import torch
@@ -31,21 +31,25 @@ __all__ = [
 ]
 
 
-class EnumTable(Mapping[str, int]):
+E = TypeVar("E", bound=int)
+
+
+class EnumTable(Mapping[str, E]):
     """Schema strings <-> one proto enum's values (UNSPECIFIED = 0 has no string)."""
 
-    def __init__(self, enum: EnumDescriptor, prefix: str,
+    def __init__(self, enum: type[E], prefix: str,
                  spelling: Mapping[str, str] | None = None) -> None:
         spelling = spelling or {}
-        self._values: dict[str, int] = {}
-        for v in enum.values:
+        descriptor: EnumDescriptor = getattr(enum, "DESCRIPTOR")  # noqa: B009 (not in stubs)
+        self._values: dict[str, E] = {}
+        for v in descriptor.values:
             if v.number == 0:
                 continue
             suffix = v.name.removeprefix(prefix)
-            self._values[spelling.get(suffix, suffix.lower())] = v.number
-        self._names = {number: name for name, number in self._values.items()}
+            self._values[spelling.get(suffix, suffix.lower())] = cast(E, v.number)
+        self._names = {int(number): name for name, number in self._values.items()}
 
-    def __getitem__(self, name: str) -> int:
+    def __getitem__(self, name: str) -> E:
         return self._values[name]
 
     def __iter__(self) -> Iterator[str]:
@@ -59,6 +63,10 @@ class EnumTable(Mapping[str, int]):
         """The schema strings, in the enum's order."""
         return tuple(self._values)
 
+    def code(self, name: str | None) -> E:
+        """The value of a schema string; UNSPECIFIED (0) for None, "" or an unknown string."""
+        return self._values.get(name or "", cast(E, 0))
+
     def name(self, value: int) -> str | None:
         """The schema string of a value; None for UNSPECIFIED (the schema default applies)."""
         if value == 0:
@@ -66,19 +74,25 @@ class EnumTable(Mapping[str, int]):
         return self._names.get(value, f"<unknown enum value {value}>")
 
 
-SEVERITY = EnumTable(common_pb2.Severity.DESCRIPTOR, "SEVERITY_")
-ACTION = EnumTable(common_pb2.ActionType.DESCRIPTOR, "ACTION_TYPE_")
-STEER_MODE = EnumTable(common_pb2.SteerMode.DESCRIPTOR, "STEER_MODE_")
-SCOPE = EnumTable(rules_pb2.Scope.DESCRIPTOR, "SCOPE_")
-AGG = EnumTable(rules_pb2.Aggregation.DESCRIPTOR, "AGGREGATION_")
-OP = EnumTable(rules_pb2.Comparison.DESCRIPTOR, "COMPARISON_",
+SEVERITY = EnumTable(common_pb2.Severity, "SEVERITY_")
+ACTION = EnumTable(common_pb2.ActionType, "ACTION_TYPE_")
+STEER_MODE = EnumTable(common_pb2.SteerMode, "STEER_MODE_")
+SCOPE = EnumTable(rules_pb2.Scope, "SCOPE_")
+AGG = EnumTable(rules_pb2.Aggregation, "AGGREGATION_")
+OP = EnumTable(rules_pb2.Comparison, "COMPARISON_",
                {"GT": ">", "GE": ">=", "LT": "<", "LE": "<="})
-MODE = EnumTable(rules_pb2.MonitorMode.DESCRIPTOR, "MONITOR_MODE_")
-FAILURE = EnumTable(rules_pb2.FailureMode.DESCRIPTOR, "FAILURE_MODE_")
-STATUS = EnumTable(traces_pb2.TraceStatus.DESCRIPTOR, "TRACE_STATUS_")
-LABEL = EnumTable(traces_pb2.ReviewLabel.DESCRIPTOR, "REVIEW_LABEL_")
+MODE = EnumTable(rules_pb2.MonitorMode, "MONITOR_MODE_")
+FAILURE = EnumTable(rules_pb2.FailureMode, "FAILURE_MODE_")
+STATUS = EnumTable(traces_pb2.TraceStatus, "TRACE_STATUS_")
+LABEL = EnumTable(traces_pb2.ReviewLabel, "REVIEW_LABEL_")
 
 
+@overload
+def to_timestamp(at: datetime) -> Timestamp: ...
+@overload
+def to_timestamp(at: None) -> None: ...
+@overload
+def to_timestamp(at: datetime | None) -> Timestamp | None: ...
 def to_timestamp(at: datetime | None) -> Timestamp | None:
     if at is None:
         return None
@@ -257,8 +271,8 @@ def policy_proto(policy: Policy, stored: Stored | None = None) -> rules_pb2.Poli
 
 def hit_proto(hit: RuleHit) -> common_pb2.RuleHit:
     return common_pb2.RuleHit(
-        rule=hit.rule, severity=SEVERITY.get(hit.severity, 0),
-        action=ACTION.get(hit.action.type, 0), position=hit.position, score=hit.score,
+        rule=hit.rule, severity=SEVERITY.code(hit.severity),
+        action=ACTION.code(hit.action.type), position=hit.position, score=hit.score,
         explanation=hit.explanation, at=to_timestamp(hit.at),
         evidence=[common_pb2.Evidence(signal=e.signal, position=e.position, value=e.value)
                   for e in hit.evidence],

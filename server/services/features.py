@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from latentguard.monitors.catalog import FeatureCatalog
 from latentguard.server.errors import FailedPrecondition, InvalidArgument, NotFound, grpc_errors
 from latentguard.server.runtime import MonitorRuntime
 from latentguard.v1 import features_pb2, features_pb2_grpc
@@ -13,7 +14,7 @@ class FeaturesService(features_pb2_grpc.FeaturesServicer):
     def __init__(self, runtime: MonitorRuntime) -> None:
         self._runtime = runtime
 
-    def _sae(self) -> tuple[int, object]:
+    def _sae(self) -> tuple[int, FeatureCatalog | None]:
         if self._runtime.sae is None:
             raise FailedPrecondition("no SAE loaded: set LATENTGUARD_SAE_PATH")
         return self._runtime.sae.d_sae, self._runtime.catalog

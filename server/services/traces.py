@@ -35,13 +35,14 @@ class TracesService(traces_pb2_grpc.TracesServicer):
                 raise InvalidArgument(f"status: unknown value {request.status}", field="status")
         if request.page_size > 1000:
             raise InvalidArgument("page_size: at most 1000", field="page_size")
-        flt = TraceFilter(
-            start=wire.from_timestamp(request.start_time)
+        flt = TraceFilter.model_validate({
+            "start": wire.from_timestamp(request.start_time)
             if request.HasField("start_time") else None,
-            end=wire.from_timestamp(request.end_time) if request.HasField("end_time") else None,
-            rule=request.rule, min_severity=wire.SEVERITY.name(request.min_severity) or "",
-            status=status, page_size=request.page_size or 50, page_token=request.page_token,
-        )
+            "end": wire.from_timestamp(request.end_time) if request.HasField("end_time") else None,
+            "rule": request.rule, "min_severity": wire.SEVERITY.name(request.min_severity) or "",
+            "status": status, "page_size": request.page_size or 50,
+            "page_token": request.page_token,
+        })
         if flt.start and flt.end and flt.start >= flt.end:
             raise InvalidArgument("start_time: must be before end_time", field="start_time")
         page, token = await self._store.traces.list(flt)
@@ -68,7 +69,8 @@ class TracesService(traces_pb2_grpc.TracesServicer):
         if not reviewer:
             raise InvalidArgument("reviewer: required when the call carries no token",
                                   field="reviewer")
-        record = ReviewRecord(label=label, reviewer=reviewer, note=request.note)
+        record = ReviewRecord.model_validate(
+            {"label": label, "reviewer": reviewer, "note": request.note})
         return convert.trace_proto(await self._store.traces.review(request.id, record),
                                    self._labels())
 
@@ -91,7 +93,7 @@ class TracesService(traces_pb2_grpc.TracesServicer):
                     continue
                 yield convert.alert_proto(alert)
         finally:
-            await alerts.aclose()
+            await alerts.aclose()  # type: ignore[attr-defined]  # an async generator
 
 
 def _check_id(trace_id: str) -> None:

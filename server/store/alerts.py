@@ -10,13 +10,19 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncIterator
+from typing import cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from latentguard.server.errors import InvalidArgument
 from latentguard.server.records import AlertRecord
-from latentguard.server.store.keys import Keys
+from latentguard.server.store.keys import Keys, text
+
+# Stream replies as this client returns them (bytes: no decode_responses); redis-py's own
+# annotations cannot say so.
+Entries = list[tuple[bytes, dict[bytes, bytes]]]
+StreamRows = list[tuple[bytes, Entries]]
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +46,7 @@ class AlertStream:
         stream_id = await self._r.xadd(
             self._key, {"alert": payload}, maxlen=self.maxlen, approximate=True
         )
-        return stream_id.decode()
+        return text(stream_id)
 
     @staticmethod
     def _decode(stream_id: bytes, fields: dict[bytes, bytes]) -> AlertRecord:
@@ -55,10 +61,11 @@ class AlertStream:
         last = after_id or "$"
         if last == "$":
             # Resolve "$" once, so alerts published between two reads are not skipped.
-            info = await self._r.xrevrange(self._key, count=1)
+            info = cast(Entries, await self._r.xrevrange(self._key, count=1))
             last = info[0][0].decode() if info else "0"
         while True:
-            rows = await self._r.xread({self._key: last}, block=BLOCK_MS, count=100)
+            rows = cast(StreamRows, await self._r.xread({self._key: last}, block=BLOCK_MS,
+                                                        count=100))
             for _, entries in rows:
                 for stream_id, fields in entries:
                     last = stream_id.decode()
@@ -76,9 +83,9 @@ class AlertStream:
             _, claimed, *_ = await self._r.xautoclaim(
                 self._key, group, consumer, min_idle_time=CLAIM_IDLE_MS, start_id="0-0", count=100
             )
-            rows = [(self._key, claimed)] if claimed else []
-            rows += await self._r.xreadgroup(group, consumer, {self._key: ">"}, count=100,
-                                             block=BLOCK_MS) or []
+            rows: StreamRows = [(self._key.encode(), claimed)] if claimed else []
+            rows += cast(StreamRows, await self._r.xreadgroup(
+                group, consumer, {self._key: ">"}, count=100, block=BLOCK_MS) or [])
             for _, entries in rows:
                 for stream_id, fields in entries:
                     if fields:  # a claimed entry trimmed from the stream has no fields

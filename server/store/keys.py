@@ -53,3 +53,8 @@ class Keys:
     @property
     def alerts(self) -> str:
         return f"{self.base}:alerts"
+
+
+def text(value: bytes | str) -> str:
+    """A Redis reply as text (the store's clients return bytes)."""
+    return value.decode() if isinstance(value, bytes) else value

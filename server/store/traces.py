@@ -24,7 +24,7 @@ from latentguard.server.records import (
     TraceRecord,
     TraceStatus,
 )
-from latentguard.server.store.keys import Keys
+from latentguard.server.store.keys import Keys, text
 
 # Most index entries one ListTraces call examines before it returns a partial page.
 SCAN_LIMIT = 5000
@@ -68,7 +68,7 @@ class TraceStore:
         rules = await self._r.smembers(self._keys.trace_rules)
         index_keys = [self._keys.traces_all] + [
             self._keys.traces_by_status(s) for s in ("clean", "flagged", "reviewed")
-        ] + [self._keys.traces_by_rule(r.decode()) for r in rules]
+        ] + [self._keys.traces_by_rule(text(r)) for r in rules]
         async with self._r.pipeline(transaction=False) as pipe:
             for k in index_keys:
                 pipe.zremrangebylex(k, "-", cutoff)
@@ -128,7 +128,7 @@ class TraceStore:
         scanned = 0
         last = ""
         while len(page) < flt.page_size and scanned < SCAN_LIMIT:
-            ids = [i.decode() for i in await self._r.zrevrangebylex(
+            ids = [text(i) for i in await self._r.zrevrangebylex(
                 index, upper, lower, start=0, num=_BATCH)]
             if not ids:
                 return page, ""

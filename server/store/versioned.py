@@ -6,16 +6,17 @@ store-wide revision, appends to the object's history and publishes a notice, ato
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
 from latentguard.server.errors import NotFound, VersionConflict
 from latentguard.server.records import ObjectKind, Versioned, utcnow
-from latentguard.server.store.keys import Keys
+from latentguard.server.store.keys import Keys, text
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +82,15 @@ class VersionedStore:
         )
 
     async def get(self, name: str) -> Versioned:
-        found = self._decode(name, await self._r.hgetall(self._keys.object(self.kind, name)))
+        fields = cast(dict[bytes, bytes],
+                      await self._r.hgetall(self._keys.object(self.kind, name)))
+        found = self._decode(name, fields)
         if found is None:
             raise NotFound(f"no {self.kind} named {name!r}", field="name")
         return found
 
     async def list(self) -> list[Versioned]:
-        names = sorted(n.decode() for n in await self._r.smembers(self._keys.index(self.kind)))
+        names = sorted(text(n) for n in await self._r.smembers(self._keys.index(self.kind)))
         async with self._r.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.hgetall(self._keys.object(self.kind, name))
@@ -139,6 +142,6 @@ class VersionedStore:
             )
         log.info("%s %s deleted", self.kind, name)
 
-    async def history(self, name: str) -> list[dict[str, Any]]:
+    async def history(self, name: str) -> builtins.list[dict[str, Any]]:
         rows = await self._r.lrange(self._keys.history(self.kind, name), 0, -1)
         return [json.loads(r) for r in rows]
