@@ -2,7 +2,9 @@
 
 A trace accepted is a trace stored: writes are retried with backoff on connection errors, and
 what still cannot be written goes to a spool file in the data directory, replayed at the next
-start (and on every later successful write).
+start. A store error that is not a lost connection (Redis refusing writes when out of memory, say)
+is not retried: the trace is spooled at once, so the writer keeps going. Alerts are never spooled:
+one that cannot be published is dropped with an error logged (its trace keeps the hit).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import random
 from pathlib import Path
 
+from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -27,6 +30,8 @@ class TraceWriter:
     def __init__(self, store: Store, spool_dir: Path, *, deadline_s: float = 30.0) -> None:
         self.store = store
         self.spool = spool_dir / "spool-traces.jsonl"
+        # Spool lines that are not a trace (a torn write, a hand edit): kept, never replayed.
+        self.bad_spool = spool_dir / "spool-traces.bad.jsonl"
         self.deadline_s = deadline_s
         self._queue: asyncio.Queue[TraceRecord | AlertRecord | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -86,22 +91,44 @@ class TraceWriter:
                     return
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 5.0)
+            except Exception:
+                # Retrying at once would not help, and raising would end the writer loop (every
+                # later trace would wait in the queue for ever).
+                if isinstance(item, TraceRecord):
+                    log.exception("store refused trace %s; spooled to %s", item.id, self.spool)
+                    self._spool(item)
+                else:
+                    log.exception("store refused alert for trace %s; dropped (its trace keeps "
+                                  "the hit)", item.trace_id)
+                return
 
     def _spool(self, trace: TraceRecord) -> None:
         self.spool.parent.mkdir(parents=True, exist_ok=True)
-        with self.spool.open("a") as f:
+        with self.spool.open("a", encoding="utf-8") as f:
             f.write(trace.model_dump_json() + "\n")
 
     async def replay_spool(self) -> int:
+        """Writes the spooled traces again (spooling anew those that still fail); returns how
+        many were replayed. A line that is not a trace is appended to `bad_spool` with an error
+        logged, and the other lines are replayed all the same."""
         if not self.spool.exists():
             return 0
         pending = self.spool.with_suffix(".replaying")
         self.spool.rename(pending)
         count = 0
-        for line in pending.read_text().splitlines():
-            if line.strip():
-                await self._write(TraceRecord.model_validate_json(line))
-                count += 1
+        for number, line in enumerate(pending.read_bytes().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                trace = TraceRecord.model_validate_json(line)
+            except ValidationError as exc:
+                log.error("spool line %d is not a trace (%d errors: %s); moved to %s", number,
+                          exc.error_count(), exc.errors()[0]["msg"], self.bad_spool)
+                with self.bad_spool.open("ab") as f:
+                    f.write(line + b"\n")
+                continue
+            await self._write(trace)
+            count += 1
         pending.unlink()
         log.info("replayed %d spooled traces", count)
         return count
