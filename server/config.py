@@ -1,17 +1,23 @@
 """Sidecar settings: argument, then `LATENTGUARD_*` variable, then YAML file, then default.
 
-Every variable is listed below as a documented constant. Nested settings use `__`
-(`LATENTGUARD_TLS__CERT_FILE`). Secrets (the Redis URL's password, tokens) are never logged.
+The fields below are the one list: each variable is the prefix and the field name, nested
+with `__` (`LATENTGUARD_TLS__CERT_FILE`), each field carries its description, and the README's
+table is rendered from them (`python -m latentguard.server.config`; a test keeps the two equal).
+Secrets (the Redis URL's password, tokens) are never logged.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -19,63 +25,28 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from latentguard.paths import default_data_dir, socket_target
+
 ENV_PREFIX = "LATENTGUARD_"
-#: Path of an optional YAML settings file (same keys as the fields below).
-LATENTGUARD_CONFIG = "LATENTGUARD_CONFIG"
-#: Where the embedded Redis keeps its append-only file, and the default socket lives.
-LATENTGUARD_DATA_DIR = "LATENTGUARD_DATA_DIR"
-#: `unix:///path/to.sock` (default: `<data_dir>/latentguard.sock`) or `host:port` for TCP.
-LATENTGUARD_LISTEN = "LATENTGUARD_LISTEN"
-#: `redis://`, `rediss://` or `unix://` URL of a shared Redis; unset starts a private one.
-LATENTGUARD_REDIS_URL = "LATENTGUARD_REDIS_URL"
-#: Prefix of every Redis key, so several deployments can share one Redis.
-LATENTGUARD_REDIS_PREFIX = "LATENTGUARD_REDIS_PREFIX"
-#: Days a trace is kept (fractions allowed).
-LATENTGUARD_TRACE_RETENTION_DAYS = "LATENTGUARD_TRACE_RETENTION_DAYS"
-#: `all` stores every monitored request; `flagged` only those where a rule fired.
-LATENTGUARD_TRACE_STORE = "LATENTGUARD_TRACE_STORE"
-#: Approximate number of alerts the alert stream keeps.
-LATENTGUARD_ALERT_STREAM_MAXLEN = "LATENTGUARD_ALERT_STREAM_MAXLEN"
-#: Largest gRPC message accepted, in MiB.
-LATENTGUARD_MAX_MESSAGE_MB = "LATENTGUARD_MAX_MESSAGE_MB"
-#: Features kept per token in traces.
-LATENTGUARD_TOP_K = "LATENTGUARD_TOP_K"
-#: Folder or file of the SAE to load (any format `latentguard.monitors` reads).
-LATENTGUARD_SAE_PATH = "LATENTGUARD_SAE_PATH"
-#: A YAML rule pack applied at start (rules and policies not yet in the store are added);
-#: unset, the SAE folder's own `rules.yaml` is applied when it has one.
-LATENTGUARD_RULES_FILE = "LATENTGUARD_RULES_FILE"
-#: Policy of requests that name none.
-LATENTGUARD_DEFAULT_POLICY = "LATENTGUARD_DEFAULT_POLICY"
-#: Base URL of the vLLM OpenAI-compatible server that Generate and Inspect call.
-LATENTGUARD_VLLM_URL = "LATENTGUARD_VLLM_URL"
-#: Model name for that server (its served model name) and for traces.
-LATENTGUARD_MODEL_NAME = "LATENTGUARD_MODEL_NAME"
-#: TLS for TCP listeners: certificate, key, and a client CA that turns on mTLS.
-LATENTGUARD_TLS__CERT_FILE = "LATENTGUARD_TLS__CERT_FILE"
-LATENTGUARD_TLS__KEY_FILE = "LATENTGUARD_TLS__KEY_FILE"
-LATENTGUARD_TLS__CLIENT_CA_FILE = "LATENTGUARD_TLS__CLIENT_CA_FILE"
-#: YAML list of `{name, role, token_sha256}`; with no tokens at all, auth is off.
-LATENTGUARD_AUTH__TOKENS_FILE = "LATENTGUARD_AUTH__TOKENS_FILE"
-#: Token a CLI sends (`authorization: Bearer ...`).
-LATENTGUARD_TOKEN = "LATENTGUARD_TOKEN"
-#: `DEBUG`, `INFO`, `WARNING`, `ERROR`.
-LATENTGUARD_LOG_LEVEL = "LATENTGUARD_LOG_LEVEL"
+NESTED_DELIMITER = "__"
+#: Path of an optional YAML settings file: the field names below as keys, nested as mappings.
+CONFIG_VAR = "LATENTGUARD_CONFIG"
 
 Role = Literal["reader", "reviewer", "admin", "monitor"]
 
-
-def default_data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "latentguard"
+#: The YAML file `load_settings` was given; read by the settings sources instead of a variable
+#: written into `os.environ`, which would outlive the call and leak into child processes.
+_config_file: ContextVar[Path | None] = ContextVar("latentguard_config_file", default=None)
 
 
 class TLSSettings(BaseModel):
     """Server TLS. Both cert and key, or neither; a client CA requires both (mTLS)."""
 
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    client_ca_file: Path | None = None
+    cert_file: Path | None = Field(default=None, description="server certificate (PEM), for "
+                                   "TCP listeners; with `key_file`")
+    key_file: Path | None = Field(default=None, description="its private key (PEM)")
+    client_ca_file: Path | None = Field(default=None, description="CA of client certificates: "
+                                        "turns on mTLS")
 
     @model_validator(mode="after")
     def _pairs(self) -> TLSSettings:
@@ -104,8 +75,12 @@ class TokenEntry(BaseModel):
 
 
 class AuthSettings(BaseModel):
-    tokens_file: Path | None = None
-    tokens: list[TokenEntry] = []
+    """Bearer tokens and their roles; with no tokens at all, auth is off."""
+
+    tokens_file: Path | None = Field(default=None, description="YAML list of `{name, role, "
+                                     "token_sha256}`; with no tokens at all, auth is off")
+    tokens: list[TokenEntry] = Field(default=[], description="tokens given inline (a JSON list "
+                                     "in the variable), added to the file's")
 
     @model_validator(mode="after")
     def _load_file(self) -> AuthSettings:
@@ -126,26 +101,49 @@ class Settings(BaseSettings):
     """Everything the sidecar reads at start."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True
+        env_prefix=ENV_PREFIX, env_nested_delimiter=NESTED_DELIMITER, extra="forbid",
+        validate_default=True,
     )
 
-    data_dir: Path = Field(default_factory=default_data_dir)
-    listen: str = ""
-    redis_url: SecretStr | None = None
-    redis_prefix: str = Field(default="lg", pattern=r"^[A-Za-z0-9_.:-]{1,32}$")
-    trace_retention_days: float = Field(default=7.0, gt=0)
-    trace_store: Literal["all", "flagged"] = "all"
-    alert_stream_maxlen: int = Field(default=100_000, ge=100)
-    max_message_mb: int = Field(default=64, ge=1, le=2047)
-    top_k: int = Field(default=8, ge=1, le=64)
-    sae_path: Path | None = None
-    rules_file: Path | None = None
-    default_policy: str = "default"
-    model_name: str = ""
-    vllm_url: str = Field(default="", pattern=r"^(https?://.+)?$")
-    tls: TLSSettings = TLSSettings()
-    auth: AuthSettings = AuthSettings()
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # `default_data_dir` ignores LATENTGUARD_DATA_DIR on purpose: this field reads it itself.
+    data_dir: Path = Field(default_factory=default_data_dir,
+                           description="embedded Redis's append-only file, the default socket, "
+                           "the trace spool",
+                           json_schema_extra={"shown_default": "`$XDG_DATA_HOME/latentguard`"})
+    listen: str = Field(default="", description="`unix:///path.sock` or `host:port` for TCP",
+                        json_schema_extra={"shown_default": "`unix://<data_dir>/latentguard.sock`"})
+    redis_url: SecretStr | None = Field(default=None, description="`redis://`, `rediss://` or "
+                                        "`unix://` URL of a shared Redis / Valkey; unset starts "
+                                        "a private one (embedded)")
+    redis_prefix: str = Field(default="lg", pattern=r"^[A-Za-z0-9_.:-]{1,32}$",
+                              description="prefix of every Redis key, so several deployments "
+                              "can share one Redis")
+    trace_retention_days: float = Field(default=7.0, gt=0, description="days a trace is kept "
+                                        "(fractions allowed)")
+    trace_store: Literal["all", "flagged"] = Field(
+        default="all", description="`all` stores every monitored request; `flagged` only those "
+        "where a rule fired")
+    alert_stream_maxlen: int = Field(default=100_000, ge=100, description="approximate number "
+                                     "of alerts the alert stream keeps")
+    max_message_mb: int = Field(default=64, ge=1, le=2047, description="largest gRPC message "
+                                "accepted, in MiB")
+    top_k: int = Field(default=8, ge=1, le=64, description="features per token kept in traces")
+    sae_path: Path | None = Field(default=None, description="folder or file of the SAE to load "
+                                  "(SAELens, sparsify, Gemma Scope, Llama Scope)")
+    rules_file: Path | None = Field(default=None, description="YAML rule pack applied at start "
+                                    "(rules and policies not yet in the store are added); unset: "
+                                    "the `rules.yaml` beside the SAE, if any")
+    default_policy: str = Field(default="default", description="policy of requests that name "
+                                "none")
+    model_name: str = Field(default="", description="the served model name, for vLLM's server "
+                            "and for traces (the launcher sets it)")
+    vllm_url: str = Field(default="", pattern=r"^(https?://.+)?$",
+                          description="base URL of vLLM's OpenAI-compatible server, which "
+                          "Generate and Inspect call (the launcher sets it)")
+    tls: TLSSettings = Field(default=TLSSettings(), description="TLS for TCP listeners")
+    auth: AuthSettings = Field(default=AuthSettings(), description="bearer-token auth")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="`DEBUG`, `INFO`, `WARNING` or `ERROR`")
 
     @field_validator("listen")
     @classmethod
@@ -164,7 +162,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _default_listen(self) -> Settings:
         if not self.listen:
-            self.listen = f"unix://{self.data_dir / 'latentguard.sock'}"
+            self.listen = socket_target(self.data_dir)
         return self
 
     @property
@@ -184,11 +182,21 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then variables, then the YAML file, if one is named (no `.env`)."""
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = os.environ.get(LATENTGUARD_CONFIG)
-        if config_file:
+        config_file = config_path()
+        if config_file is not None:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
         return tuple(sources)
+
+
+def config_path() -> Path | None:
+    """The YAML file in force: the one `load_settings` was given, else `LATENTGUARD_CONFIG`."""
+    given = _config_file.get()
+    if given is not None:
+        return given
+    named = os.environ.get(CONFIG_VAR)
+    return Path(named) if named else None
 
 
 class ConfigError(ValueError):
@@ -196,28 +204,116 @@ class ConfigError(ValueError):
 
 
 def _setting_name(loc: tuple[Any, ...]) -> str:
+    """The variable an error location stands for (`("tls", "cert_file")` ->
+    `LATENTGUARD_TLS__CERT_FILE`), the same rule `env_variables` documents."""
     parts = [str(p) for p in loc if not isinstance(p, int)]
-    return ENV_PREFIX + "__".join(parts).upper() if parts else "settings"
+    return ENV_PREFIX + NESTED_DELIMITER.join(parts).upper() if parts else "settings"
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
-    """Settings from overrides, environment and YAML; raises ConfigError naming the setting."""
-    if config_file is not None:
-        os.environ[LATENTGUARD_CONFIG] = str(config_file)
-    path = os.environ.get(LATENTGUARD_CONFIG)
-    if path:
-        if not Path(path).is_file():
-            raise ConfigError(f"{LATENTGUARD_CONFIG}: no such file: {path}")
-        try:
-            yaml.safe_load(Path(path).read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    """Settings from overrides, environment and YAML; raises ConfigError naming the setting.
+
+    `config_file` wins over `LATENTGUARD_CONFIG` for this call only; the environment is left
+    as it was.
+    """
+    token = _config_file.set(Path(config_file) if config_file is not None else None)
     try:
-        return Settings(**overrides)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            where = _setting_name(err["loc"])
-            origin = f" (in {path})" if path else ""
-            problems.append(f"{where}{origin}: {err['msg']}")
-        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from None
+        path = config_path()
+        if path is not None:
+            if not path.is_file():
+                raise ConfigError(f"{CONFIG_VAR}: no such file: {path}")
+            try:
+                yaml.safe_load(path.read_text())
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        try:
+            return Settings(**overrides)
+        except ValidationError as exc:
+            origin = f" (in {path})" if path is not None else ""
+            problems = [f"{_setting_name(err['loc'])}{origin}: {err['msg']}"
+                        for err in exc.errors()]
+            raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from None
+    finally:
+        _config_file.reset(token)
+
+
+# ---- the variables, for the README ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable: its name, who reads it, its default and what it means."""
+
+    name: str
+    read_by: str
+    default: str
+    meaning: str
+
+
+def env_variables(settings_cls: type[BaseSettings]) -> Iterator[tuple[str, FieldInfo]]:
+    """Each variable `settings_cls` reads, with its field, derived from the model as
+    pydantic-settings reads it: a field's string validation alias as it is, else the prefix and
+    the field name, and nested models' fields joined with the nested delimiter."""
+    config = settings_cls.model_config
+    prefix = config.get("env_prefix") or ""
+    delimiter = config.get("env_nested_delimiter") or ""
+
+    def walk(model: type[BaseModel], start: str) -> Iterator[tuple[str, FieldInfo]]:
+        for name, field in model.model_fields.items():
+            if isinstance(field.validation_alias, str):
+                yield field.validation_alias, field
+                continue
+            var = start + name.upper()
+            kind = field.annotation
+            if delimiter and isinstance(kind, type) and issubclass(kind, BaseModel):
+                yield from walk(kind, var + delimiter)
+            else:
+                yield var, field
+
+    return walk(settings_cls, prefix)
+
+
+def _shown_default(field: FieldInfo) -> str:
+    extra = field.json_schema_extra
+    if isinstance(extra, dict) and isinstance(extra.get("shown_default"), str):
+        return str(extra["shown_default"])
+    value = field.get_default(call_default_factory=False)
+    if value in (None, "", []):
+        return "unset"
+    return f"`{value}`"
+
+
+def variables() -> list[Variable]:
+    """Every `LATENTGUARD_*` variable: the sidecar's, then the plugin's, then the two that are
+    no field (the YAML file, and the plugin's off switch). A variable both read is listed once,
+    with the sidecar's description."""
+    from latentguard.plugin import LATENTGUARD_DISABLE
+    from latentguard.plugin._settings import PluginSettings
+
+    rows: dict[str, Variable] = {
+        CONFIG_VAR: Variable(CONFIG_VAR, "sidecar", "unset", "YAML settings file: the variables' "
+                             "names, lower case without the prefix, nested as mappings"),
+    }
+    for reader, model in (("sidecar", Settings), ("plugin", PluginSettings)):
+        for name, field in env_variables(model):
+            if name in rows:
+                known = rows[name]
+                rows[name] = Variable(name, f"{known.read_by}, {reader}", known.default,
+                                      known.meaning)
+            else:
+                rows[name] = Variable(name, reader, _shown_default(field), field.description or "")
+    rows[LATENTGUARD_DISABLE] = Variable(LATENTGUARD_DISABLE, "plugin", "unset",
+                                         "`1` loads the plugin without doing anything")
+    return list(rows.values())
+
+
+def settings_table() -> str:
+    """The README's table of variables (section "Configuration"), as Markdown."""
+    lines = ["| variable | read by | default | meaning |", "|---|---|---|---|"]
+    for v in variables():
+        cells = (f"`{v.name}`", v.read_by, v.default, v.meaning)
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(settings_table(), end="")
