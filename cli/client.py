@@ -8,13 +8,16 @@ from pathlib import Path
 
 import grpc
 
-from latentguard.server.config import LATENTGUARD_TOKEN, default_data_dir
+from latentguard import paths
 from latentguard.v1 import (
     features_pb2_grpc,
     monitor_pb2_grpc,
     rules_pb2_grpc,
     traces_pb2_grpc,
 )
+
+#: The token the CLI sends; the plugin's `token` setting reads the same variable.
+TOKEN_VAR = "LATENTGUARD_TOKEN"
 
 
 def default_target() -> str:
@@ -24,8 +27,7 @@ def default_target() -> str:
         listen = "localhost:" + listen.split(":", 1)[1]
     if listen:
         return listen
-    data_dir = Path(os.environ.get("LATENTGUARD_DATA_DIR") or default_data_dir())
-    return f"unix://{data_dir / 'latentguard.sock'}"
+    return paths.default_target()
 
 
 @dataclass
@@ -56,7 +58,7 @@ class Client:
 def connect(target: str | None = None, *, token: str | None = None, ca_file: str | None = None,
             cert_file: str | None = None, key_file: str | None = None) -> Client:
     target = target or default_target()
-    token = token if token is not None else os.environ.get(LATENTGUARD_TOKEN, "")
+    token = token if token is not None else os.environ.get(TOKEN_VAR, "")
     if ca_file or cert_file:
         creds = grpc.ssl_channel_credentials(
             root_certificates=Path(ca_file).read_bytes() if ca_file else None,

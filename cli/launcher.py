@@ -18,9 +18,8 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
-from pathlib import Path
 
-from latentguard.server.config import default_data_dir
+from latentguard import paths
 
 LOGITS_PROCESSOR = "latentguard.plugin.logits:LatentguardLogitsProcessor"
 
@@ -94,8 +93,8 @@ def check_environment() -> None:
 def run(args: list[str]) -> int:
     check_environment()
     env = dict(os.environ)
-    data_dir = Path(env.get("LATENTGUARD_DATA_DIR") or default_data_dir())
-    env["LATENTGUARD_DATA_DIR"] = str(data_dir)
+    data_dir = paths.data_dir(env=env)
+    env[paths.DATA_DIR_VAR] = str(data_dir)
     extra: list[str] = []
     if args and not args[0].startswith("-"):
         model, rest = args[0], args[1:]
@@ -116,7 +115,7 @@ def run(args: list[str]) -> int:
         mode = compiled_args(gpu)
     port = int(_option(rest, "--port") or 8000)
     served = _option(rest, "--served-model-name") or model
-    listen = env.setdefault("LATENTGUARD_LISTEN", f"unix://{data_dir / 'latentguard.sock'}")
+    listen = env.setdefault("LATENTGUARD_LISTEN", paths.socket_target(data_dir))
     env.setdefault("LATENTGUARD_VLLM_URL", f"http://127.0.0.1:{port}")
     env.setdefault("LATENTGUARD_MODEL_NAME", served)
     env["LATENTGUARD_SIDECAR"] = listen.replace("0.0.0.0", "127.0.0.1")
