@@ -42,3 +42,20 @@ def test_configured_plugin_arms_once(monkeypatch: pytest.MonkeyPatch) -> None:
     assert handle is not None
     plugin.register()  # safe to call twice
     assert _attach._handle is handle
+
+
+def test_settings_read_the_documented_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    from latentguard.plugin._settings import PluginSettings
+
+    monkeypatch.setenv("LATENTGUARD_SIDECAR", "unix:///tmp/x.sock")
+    monkeypatch.setenv("LATENTGUARD_PLUGIN_CPUS", "0-1")
+    monkeypatch.setenv("LATENTGUARD_TIMEOUT_MS", "250")
+    monkeypatch.setenv("LATENTGUARD_LAYER", "")  # empty is unset, as the launcher means it
+    monkeypatch.setenv("LATENTGUARD_TOP_K", "3")  # the sidecar's: ignored here
+    monkeypatch.setenv("LATENTGUARD_TARGET", "unix:///wrong.sock")  # field names are no variables
+    monkeypatch.setenv("LATENTGUARD_CPUS", "7")
+    s = PluginSettings.from_env()
+    assert (s.target, s.cpus, s.timeout_ms, s.layer) == ("unix:///tmp/x.sock", "0-1", 250, None)
+    monkeypatch.delenv("LATENTGUARD_SIDECAR")
+    monkeypatch.setenv("LATENTGUARD_DATA_DIR", "/tmp/lg-data")
+    assert PluginSettings.from_env().target == "unix:///tmp/lg-data/latentguard.sock"
