@@ -1,0 +1,73 @@
+"""`latentguard serve` (the sidecar), `latentguard health`, and the parser entry of
+`latentguard vllm` (the launcher runs it)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from latentguard.cli.common import (
+    EXIT_FAIL,
+    EXIT_OK,
+    CliError,
+    Subparsers,
+    add_connection,
+    client_for,
+)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from latentguard.server.app import serve
+    from latentguard.server.config import ConfigError, load_settings
+
+    overrides = {k: v for k, v in {
+        "listen": args.listen, "data_dir": args.data_dir, "redis_url": args.redis_url,
+        "sae_path": args.sae, "rules_file": args.rules,
+    }.items() if v is not None}
+    try:
+        settings = load_settings(args.config, **overrides)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(settings))
+    return EXIT_OK
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    client = client_for(args)
+    try:
+        resp = health_pb2_grpc.HealthStub(client.channel).Check(
+            health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
+    finally:
+        client.close()
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+    print(name)
+    return EXIT_OK if resp.status == health_pb2.HealthCheckResponse.SERVING else EXIT_FAIL
+
+
+def register(sub: Subparsers) -> None:
+    p = sub.add_parser("serve", help="run the sidecar (embedded store unless a Redis URL is set)")
+    p.add_argument("--config", help="YAML settings file (also LATENTGUARD_CONFIG)")
+    p.add_argument("--listen", help="unix:///path.sock or host:port")
+    p.add_argument("--data-dir")
+    p.add_argument("--redis-url")
+    p.add_argument("--sae", help="SAE folder or file to load")
+    p.add_argument("--rules", help="YAML rule pack to add at start")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "vllm", help="run vLLM with the latentguard plugin, and the sidecar",
+        description="latentguard vllm [MODEL] [--compiled] [vLLM serve args...]: without a "
+        "model, the tiny demo model; --compiled serves vLLM's compiled model instead of eager "
+        "mode. Settings come from LATENTGUARD_* variables.")
+    p.add_argument("vllm_args", nargs=argparse.REMAINDER)
+
+    p = sub.add_parser("health", help="exit 0 when the sidecar is serving")
+    add_connection(p)
+    p.add_argument("--service", default="", help="service name ('' = the whole server)")
+    p.add_argument("--timeout", type=float, default=5.0)
+    p.set_defaults(func=cmd_health)
