@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -239,16 +238,6 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
 
 # ---- the variables, for the README ----------------------------------------------------------
 
-@dataclass(frozen=True)
-class Variable:
-    """One environment variable: its name, who reads it, its default and what it means."""
-
-    name: str
-    read_by: str
-    default: str
-    meaning: str
-
-
 def env_variables(settings_cls: type[BaseSettings]) -> Iterator[tuple[str, FieldInfo]]:
     """Each variable `settings_cls` reads, with its field, derived from the model as
     pydantic-settings reads it: a field's string validation alias as it is, else the prefix and
@@ -270,50 +259,3 @@ def env_variables(settings_cls: type[BaseSettings]) -> Iterator[tuple[str, Field
                 yield var, field
 
     return walk(settings_cls, prefix)
-
-
-def _shown_default(field: FieldInfo) -> str:
-    extra = field.json_schema_extra
-    if isinstance(extra, dict) and isinstance(extra.get("shown_default"), str):
-        return str(extra["shown_default"])
-    value = field.get_default(call_default_factory=False)
-    if value in (None, "", []):
-        return "unset"
-    return f"`{value}`"
-
-
-def variables() -> list[Variable]:
-    """Every `LATENTGUARD_*` variable: the sidecar's, then the plugin's, then the two that are
-    no field (the YAML file, and the plugin's off switch). A variable both read is listed once,
-    with the sidecar's description."""
-    from latentguard.plugin import LATENTGUARD_DISABLE
-    from latentguard.plugin._settings import PluginSettings
-
-    rows: dict[str, Variable] = {
-        CONFIG_VAR: Variable(CONFIG_VAR, "sidecar", "unset", "YAML settings file: the variables' "
-                             "names, lower case without the prefix, nested as mappings"),
-    }
-    for reader, model in (("sidecar", Settings), ("plugin", PluginSettings)):
-        for name, field in env_variables(model):
-            if name in rows:
-                known = rows[name]
-                rows[name] = Variable(name, f"{known.read_by}, {reader}", known.default,
-                                      known.meaning)
-            else:
-                rows[name] = Variable(name, reader, _shown_default(field), field.description or "")
-    rows[LATENTGUARD_DISABLE] = Variable(LATENTGUARD_DISABLE, "plugin", "unset",
-                                         "`1` loads the plugin without doing anything")
-    return list(rows.values())
-
-
-def settings_table() -> str:
-    """The README's table of variables (section "Configuration"), as Markdown."""
-    lines = ["| variable | read by | default | meaning |", "|---|---|---|---|"]
-    for v in variables():
-        cells = (f"`{v.name}`", v.read_by, v.default, v.meaning)
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
-    print(settings_table(), end="")

@@ -96,7 +96,7 @@ def test_readme_table_is_the_settings() -> None:
     """The README's table lists exactly the variables the models read, as rendered from them."""
     import re
 
-    from latentguard.server.config import settings_table, variables
+    from latentguard.cli.settings import settings_table, variables
 
     rows = [line for line in _readme_section("Configuration").splitlines()
             if line.startswith("|")]
@@ -106,13 +106,13 @@ def test_readme_table_is_the_settings() -> None:
     assert not known - named, f"missing from the README table: {sorted(known - named)}"
     assert not named - known, f"in the README table but read by nothing: {sorted(named - known)}"
     assert "\n".join(rows) + "\n" == settings_table(), \
-        "README table out of date: paste `python -m latentguard.server.config` into it"
+        "README table out of date: paste `python -m latentguard.cli.settings` into it"
 
 
 def test_readme_names_only_real_variables() -> None:
     import re
 
-    from latentguard.server.config import variables
+    from latentguard.cli.settings import variables
 
     known = {v.name for v in variables()}
     named = set(re.findall(r"LATENTGUARD_[A-Z_]*[A-Z]", README.read_text()))
