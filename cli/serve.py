@@ -20,6 +20,7 @@ from latentguard.cli.common import (
 def cmd_serve(args: argparse.Namespace) -> int:
     from latentguard.server.app import serve
     from latentguard.server.config import ConfigError, load_settings
+    from latentguard.server.store.private import UnsafeFolderError
 
     overrides = {k: v for k, v in {
         "listen": args.listen, "data_dir": args.data_dir, "redis_url": args.redis_url,
@@ -31,7 +32,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except UnsafeFolderError as exc:
+        raise CliError(str(exc)) from None
     return EXIT_OK
 
 

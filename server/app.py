@@ -23,6 +23,7 @@ from latentguard.server.services.monitor import MonitorService
 from latentguard.server.services.rules import RulesService
 from latentguard.server.services.traces import TracesService
 from latentguard.server.store import Store
+from latentguard.server.store.private import private_dir
 from latentguard.server.telemetry import Telemetry, setup_telemetry
 from latentguard.server.writer import TraceWriter
 from latentguard.v1 import (
@@ -75,7 +76,7 @@ class Sidecar:
 
     async def start(self) -> Sidecar:
         s = self.settings
-        s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(s.data_dir)
         url = s.redis_url.get_secret_value() if s.redis_url else None
         self.store = await Store.open(
             url, s.data_dir, prefix=s.redis_prefix,
@@ -110,6 +111,9 @@ class Sidecar:
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         self.address = self._bind(server)
         await server.start()
+        if s.is_unix:
+            # The socket is created with the process umask: only its owner may connect.
+            os.chmod(s.socket_path, 0o600)
         for name in ("", *SERVICE_NAMES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.server = server
@@ -123,7 +127,8 @@ class Sidecar:
         s = self.settings
         if s.is_unix:
             path = s.socket_path
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.parent.exists():
+                private_dir(path.parent)
             if path.exists():
                 path.unlink()
             server.add_insecure_port(s.listen)
@@ -134,6 +139,10 @@ class Sidecar:
             if not self.auth.enabled:
                 log.warning("listening on TCP %s without TLS or tokens: anyone who can reach "
                             "the port can read traces and change rules", s.listen)
+            else:
+                log.warning("listening on TCP %s without TLS: bearer tokens travel in plain "
+                            "text (set LATENTGUARD_TLS__CERT_FILE and LATENTGUARD_TLS__KEY_FILE)",
+                            s.listen)
             port = server.add_insecure_port(s.listen)
         host = s.listen.rsplit(":", 1)[0]
         return f"{host}:{port}"

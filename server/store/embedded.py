@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from latentguard.server.store.private import fresh_private_dir, private_dir
+
 log = logging.getLogger(__name__)
 
 # sockaddr_un.sun_path is 108 bytes on Linux, including the terminating NUL.
@@ -54,8 +56,7 @@ def _socket_path(data_dir: Path) -> Path:
     if len(str(path)) <= _MAX_SOCKET_PATH:
         return path
     digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
-    short = Path(tempfile.gettempdir()) / f"latentguard-{digest}"
-    short.mkdir(mode=0o700, exist_ok=True)
+    short = fresh_private_dir(Path(tempfile.gettempdir()) / f"latentguard-{digest}")
     return short / "redis.sock"
 
 
@@ -139,8 +140,7 @@ class RedisServer:
         return "\n".join(lines) + "\n"
 
     def start(self, timeout: float = 20.0) -> RedisServer:
-        redis_dir = self.data_dir / "redis"
-        redis_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        redis_dir = private_dir(self.data_dir / "redis")
         # The lock is held as long as this process lives (the kernel drops it on any death),
         # so a live owner and a crashed one can be told apart.
         self._lock_file = os.open(redis_dir / "owner.lock", os.O_CREAT | os.O_RDWR, 0o600)
