@@ -76,7 +76,7 @@ class Sidecar:
 
     async def start(self) -> Sidecar:
         s = self.settings
-        private_dir(s.data_dir)
+        private_dir(s.data_dir, root_owned_ok=True)
         url = s.redis_url.get_secret_value() if s.redis_url else None
         self.store = await Store.open(
             url, s.data_dir, prefix=s.redis_prefix,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 from pathlib import Path
 
@@ -104,7 +105,7 @@ class TraceWriter:
 
     def _spool(self, trace: TraceRecord) -> None:
         self.spool.parent.mkdir(parents=True, exist_ok=True)
-        with self.spool.open("a", encoding="utf-8") as f:
+        with open(_private(self.spool), "a", encoding="utf-8") as f:
             f.write(trace.model_dump_json() + "\n")
 
     async def replay_spool(self) -> int:
@@ -124,7 +125,7 @@ class TraceWriter:
             except ValidationError as exc:
                 log.error("spool line %d is not a trace (%d errors: %s); moved to %s", number,
                           exc.error_count(), exc.errors()[0]["msg"], self.bad_spool)
-                with self.bad_spool.open("ab") as f:
+                with open(_private(self.bad_spool), "ab") as f:
                     f.write(line + b"\n")
                 continue
             await self._write(trace)
@@ -132,3 +133,8 @@ class TraceWriter:
         pending.unlink()
         log.info("replayed %d spooled traces", count)
         return count
+
+
+def _private(path: Path) -> int:
+    """A descriptor to append to `path`, created 0600 whatever the umask (traces are private)."""
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)

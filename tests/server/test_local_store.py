@@ -91,3 +91,22 @@ async def test_tokens_over_plain_tcp_are_warned_about(tmp_path: Path,
         assert any("bearer tokens travel in plain text" in r.getMessage() for r in caplog.records)
     finally:
         await sidecar.stop()
+
+
+def test_a_root_owned_data_dir_is_used_as_it_is(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Kubernetes volume is root's (0777, group of the pod's fsGroup) and cannot be tightened
+    by the pod's user: the sidecar accepts it for its data dir, where it keeps its Redis folder
+    and socket private, and refuses it anywhere else."""
+    if os.getuid() != 0:
+        pytest.skip("the folder must belong to root: run as root (CI does)")
+    import latentguard.server.store.private as private
+
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    volume.chmod(0o777)
+    monkeypatch.setattr(private.os, "getuid", lambda: 10001)  # the pod's user
+    with pytest.raises(UnsafeFolderError, match="owned by uid 0"):
+        private_dir(volume)
+    assert private_dir(volume, root_owned_ok=True) == volume
+    assert mode(volume) == 0o777  # root's: left as it is
