@@ -86,7 +86,8 @@ class Sidecar:
         if rules_file is not None:
             await self._apply_rules_file(Path(rules_file))
         self.runtime = await MonitorRuntime.create(s, self.store, self.telemetry)
-        self.writer = TraceWriter(self.store, s.data_dir).start()
+        self.writer = TraceWriter(self.store, s.data_dir, spool_max_bytes=s.spool_max_mb << 20,
+                                  drain_s=s.stop_drain_s).start()
         self._tasks.append(asyncio.create_task(self.store.watch_changes(self.runtime.on_change)))
 
         max_bytes = s.max_message_mb * 1024 * 1024

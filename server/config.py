@@ -124,6 +124,12 @@ class Settings(BaseSettings):
         "where a rule fired")
     alert_stream_maxlen: int = Field(default=100_000, ge=100, description="approximate number "
                                      "of alerts the alert stream keeps")
+    spool_max_mb: int = Field(default=1024, ge=1, description="disk budget of the write-ahead "
+                              "spool (`<data_dir>/spool`), in MiB: how long a store outage "
+                              "loses nothing")
+    stop_drain_s: float = Field(default=10.0, ge=0, description="on SIGTERM, how long spooled "
+                                "records may take to reach the store; the rest waits on disk "
+                                "for the next start")
     max_message_mb: int = Field(default=64, ge=1, le=2047, description="largest gRPC message "
                                 "accepted, in MiB")
     top_k: int = Field(default=8, ge=1, le=64, description="features per token kept in traces")

@@ -124,6 +124,8 @@ class StreamSession:
         engine = runtime.engine
         rules = engine.new_session(policy) if policy.monitoring and engine is not None else None
         self.requests[s.tag] = RequestState(trace=trace, policy=policy, rules=rules, span=span)
+        if policy.monitoring:
+            self.writer.opened(trace)
 
     # ---- evaluate (worker thread) ---------------------------------------------------------
 
@@ -238,6 +240,8 @@ class StreamSession:
             bool(trace.hits) or self.runtime.settings.trace_store == "all")
         if stored:
             self.writer.save(trace)
+        elif state.policy.monitoring:
+            self.writer.discard(trace)
         self.watchers.put(end.tag, RequestEnded(trace if stored else None))
 
     async def close_all(self) -> None:

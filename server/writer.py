@@ -1,140 +1,195 @@
-"""Background writes of traces and alerts, so verdicts never wait on the store.
+"""Background writes of traces and alerts, so verdicts never wait on the store, and nothing
+accepted is lost: the write-ahead spool (`server/spool.py`) holds every record first.
 
-A trace accepted is a trace stored: writes are retried with backoff on connection errors, and
-what still cannot be written goes to a spool file in the data directory, replayed at the next
-start. A store error that is not a lost connection (Redis refusing writes when out of memory, say)
-is not retried: the trace is spooled at once, so the writer keeps going. Alerts are never spooled:
-one that cannot be published is dropped with an error logged (its trace keeps the hit).
+* `save` / `publish` put a record in the current batch; every `FLUSH_S` (or sooner, when
+  `flush` or `close` asks) the batch becomes one fsynced spool segment. A trace accepted is on
+  disk within `FLUSH_S` plus one fsync: that is what a SIGKILL can cost.
+* The drainer writes each segment to the store, oldest first, and removes it once all of it is
+  in. While the store is away (or refuses writes) segments wait on disk, not in memory, and
+  the drainer retries with backoff for as long as it takes: replay is continuous, not only at
+  start. Memory holds one batch and one segment.
+* Requests opened and not yet finished are journaled; at the next start those a crash left
+  open are stored as traces with a monitoring gap.
+* `close` turns the batch into a segment, then drains for at most `drain_s`; what is left stays
+  on disk for the next start.
+
+Records reach the store at least once: a crash between storing a segment's records and
+removing it stores them again at the next start (traces are idempotent by id; an alert may be
+published twice).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 from pathlib import Path
 
-from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from latentguard.server.records import AlertRecord, TraceRecord
+from latentguard.server.records import AlertRecord, TraceRecord, utcnow
+from latentguard.server.spool import Spool, SpoolFull, SpoolRecord
 from latentguard.server.store import Store
 
 log = logging.getLogger(__name__)
 
-RETRYABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+FLUSH_S = 0.2
+"""Longest a record waits in memory before it is fsynced to the spool."""
+#: The store is away, or refuses writes for now (out of memory, read-only replica): retry.
+RETRYABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, ResponseError)
 
 
 class TraceWriter:
-    def __init__(self, store: Store, spool_dir: Path, *, deadline_s: float = 30.0) -> None:
+    def __init__(self, store: Store, data_dir: Path, *, spool_max_bytes: int = 1 << 30,
+                 drain_s: float = 10.0) -> None:
         self.store = store
-        self.spool = spool_dir / "spool-traces.jsonl"
-        # Spool lines that are not a trace (a torn write, a hand edit): kept, never replayed.
-        self.bad_spool = spool_dir / "spool-traces.bad.jsonl"
-        self.deadline_s = deadline_s
-        self._queue: asyncio.Queue[TraceRecord | AlertRecord | None] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self.spool = Spool(data_dir, max_bytes=spool_max_bytes)
+        self.drain_s = drain_s
+        self._batch: list[SpoolRecord] = []
+        self._opened: list[TraceRecord] = []
+        self._closed: list[str] = []
+        self._wake = asyncio.Event()
+        self._written = asyncio.Condition()
+        self.store_down = False
+        """True while the last write to the store failed (records wait on disk)."""
+        self._failures = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._segment_ready = asyncio.Event()
+        self._lock = asyncio.Lock()  # one batch -> segment at a time
 
     def start(self) -> TraceWriter:
-        self._task = asyncio.create_task(self._run())
+        self.spool.prepare()
+        for trace in self.spool.interrupted(self.spool.trace_ids()):
+            log.warning("request %s was in flight when the sidecar stopped: stored with a "
+                        "monitoring gap", trace.request_tag)
+            self.save(trace.model_copy(update={
+                "monitoring_gap": True, "finish_reason": trace.finish_reason or "incomplete",
+                "ended_at": trace.ended_at or utcnow()}))
+        self._segment_ready.set()  # segments of an earlier run
+        self._tasks = [asyncio.create_task(self._flusher(), name="latentguard-spool"),
+                       asyncio.create_task(self._drainer(), name="latentguard-store")]
         return self
 
+    # ---- what the step calls --------------------------------------------------------------
+
+    def opened(self, trace: TraceRecord) -> None:
+        """A request began: if the sidecar dies before it ends, it is stored as a gap."""
+        self._opened.append(trace.model_copy(update={"tokens": [], "hits": []}))
+        self._wake.set()
+
     def save(self, trace: TraceRecord) -> None:
-        self._queue.put_nowait(trace)
+        self._batch.append(SpoolRecord(kind="trace", record=trace))
+        self._closed.append(trace.id)
+        self._wake.set()
+
+    def discard(self, trace: TraceRecord) -> None:
+        """A request ended whose trace is not kept (the trace_store setting)."""
+        self._closed.append(trace.id)
+        self._wake.set()
 
     def publish(self, alert: AlertRecord) -> None:
-        self._queue.put_nowait(alert)
+        self._batch.append(SpoolRecord(kind="alert", record=alert))
+        self._wake.set()
+
+    # ---- flushing ---------------------------------------------------------------------------
 
     async def flush(self) -> None:
-        """Returns once everything queued so far is written (or spooled)."""
-        await self._queue.join()
+        """Returns once everything saved so far is in the store, or, while the store is away,
+        safe on disk."""
+        await self._to_disk()
+        failures = self._failures
+        async with self._written:
+            await self._written.wait_for(
+                lambda: self._failures > failures or not self.spool.segments())
 
     async def close(self) -> None:
-        if self._task is None:
+        """Everything to disk; then at most `drain_s` to store it (the rest waits on disk)."""
+        if not self._tasks:
             return
-        self._queue.put_nowait(None)
-        await self._task
-        self._task = None
+        await self._to_disk()
+        try:
+            async with asyncio.timeout(self.drain_s):
+                async with self._written:
+                    await self._written.wait_for(lambda: not self.spool.segments())
+        except TimeoutError:
+            log.warning("stopping with %d spool segments not yet stored (%s): they are stored "
+                        "at the next start", len(self.spool.segments()), self.spool.dir)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
 
-    async def _run(self) -> None:
-        await self.replay_spool()
+    async def _to_disk(self) -> None:
+        async with self._lock:
+            batch, self._batch = self._batch, []
+            opened, self._opened = self._opened, []
+            closed, self._closed = self._closed, []
+            if batch:
+                try:
+                    await asyncio.to_thread(self.spool.write, batch)
+                except SpoolFull as exc:
+                    log.error("%s: %d records dropped", exc, len(batch))
+            if opened or closed:
+                await asyncio.to_thread(self.spool.journal, opened, closed)
+            if batch:
+                self._segment_ready.set()
+
+    async def _flusher(self) -> None:
         while True:
-            item = await self._queue.get()
+            await self._wake.wait()
+            await asyncio.sleep(FLUSH_S)  # gather what arrives meanwhile into one fsync
+            self._wake.clear()
             try:
-                if item is None:
-                    return
-                await self._write(item)
-            finally:
-                self._queue.task_done()
+                await self._to_disk()
+            except OSError:
+                log.exception("cannot write the spool in %s; retrying", self.spool.dir)
+                self._wake.set()
 
-    async def _write(self, item: TraceRecord | AlertRecord) -> None:
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + self.deadline_s
+    # ---- draining into the store ------------------------------------------------------------
+
+    async def _drainer(self) -> None:
         delay = 0.1
         while True:
-            try:
-                if isinstance(item, TraceRecord):
-                    await self.store.traces.save(item)
+            await self._segment_ready.wait()
+            self._segment_ready.clear()
+            async with self._lock:  # only segments whose journal entries are written
+                paths = await asyncio.to_thread(self.spool.segments)
+            for path in paths:
+                while not await self._store_segment(path):
+                    await asyncio.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, 5.0)
+                delay = 0.1
+
+    async def _store_segment(self, path: Path) -> bool:
+        """Writes one segment to the store and removes it; False when the store failed."""
+        records = await asyncio.to_thread(self.spool.read, path)
+        try:
+            for r in records:
+                if isinstance(r.record, TraceRecord):
+                    await self.store.traces.save(r.record)
                 else:
-                    await self.store.alerts.publish(item)
-                return
-            except RETRYABLE as exc:
-                if loop.time() + delay > give_up:
-                    if isinstance(item, TraceRecord):
-                        log.error("store unreachable (%s); trace %s spooled to %s", exc,
-                                  item.id, self.spool)
-                        self._spool(item)
-                    else:
-                        log.error("store unreachable (%s); alert for trace %s dropped (its "
-                                  "trace keeps the hit)", exc, item.trace_id)
-                    return
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 5.0)
-            except Exception:
-                # Retrying at once would not help, and raising would end the writer loop (every
-                # later trace would wait in the queue for ever).
-                if isinstance(item, TraceRecord):
-                    log.exception("store refused trace %s; spooled to %s", item.id, self.spool)
-                    self._spool(item)
-                else:
-                    log.exception("store refused alert for trace %s; dropped (its trace keeps "
-                                  "the hit)", item.trace_id)
-                return
+                    await self.store.alerts.publish(r.record)
+        except RETRYABLE as exc:
+            if not self.store_down:
+                log.error("store unreachable or refusing writes (%s): records wait in %s",
+                          exc, self.spool.dir)
+            await self._set_down(True)
+            return False
+        except Exception:
+            # Not the store being away: retrying would fail for ever and hold up every later
+            # segment. Kept aside for a person to look at.
+            log.exception("cannot store spool segment %s; kept as %s", path.name,
+                          self.spool.set_aside(path))
+        await asyncio.to_thread(self.spool.remove, path)
+        if self.store_down:
+            log.info("store reachable again: writing the spooled records")
+        await self._set_down(False)
+        return True
 
-    def _spool(self, trace: TraceRecord) -> None:
-        self.spool.parent.mkdir(parents=True, exist_ok=True)
-        with open(_private(self.spool), "a", encoding="utf-8") as f:
-            f.write(trace.model_dump_json() + "\n")
-
-    async def replay_spool(self) -> int:
-        """Writes the spooled traces again (spooling anew those that still fail); returns how
-        many were replayed. A line that is not a trace is appended to `bad_spool` with an error
-        logged, and the other lines are replayed all the same."""
-        if not self.spool.exists():
-            return 0
-        pending = self.spool.with_suffix(".replaying")
-        self.spool.rename(pending)
-        count = 0
-        for number, line in enumerate(pending.read_bytes().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                trace = TraceRecord.model_validate_json(line)
-            except ValidationError as exc:
-                log.error("spool line %d is not a trace (%d errors: %s); moved to %s", number,
-                          exc.error_count(), exc.errors()[0]["msg"], self.bad_spool)
-                with open(_private(self.bad_spool), "ab") as f:
-                    f.write(line + b"\n")
-                continue
-            await self._write(trace)
-            count += 1
-        pending.unlink()
-        log.info("replayed %d spooled traces", count)
-        return count
-
-
-def _private(path: Path) -> int:
-    """A descriptor to append to `path`, created 0600 whatever the umask (traces are private)."""
-    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    async def _set_down(self, down: bool) -> None:
+        async with self._written:
+            self.store_down = down
+            self._failures += down
+            self._written.notify_all()

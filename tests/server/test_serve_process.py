@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,25 +10,7 @@ import grpc
 from latentguard.cli.main import main as cli
 from latentguard.v1 import monitor_pb2, traces_pb2, traces_pb2_grpc
 from tests.server.fixtures import RULES, StreamDriver, build_sae, rows
-
-
-def serve(data: Path, sae: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "LATENTGUARD_DATA_DIR": str(data), "LATENTGUARD_SAE_PATH": str(sae)}
-    env.pop("LATENTGUARD_REDIS_URL", None)
-    proc = subprocess.Popen([sys.executable, "-m", "latentguard.cli.main", "serve"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    target = f"unix://{data / 'latentguard.sock'}"
-    deadline = time.monotonic() + 60
-    while cli(["health", "--target", target, "--timeout", "1"]) != 0:
-        assert proc.poll() is None, proc.stdout.read().decode()
-        assert time.monotonic() < deadline, "sidecar did not start"
-        time.sleep(0.2)
-    return proc
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) == 0
+from tests.server.processes import serve, stop
 
 
 def test_restart_keeps_rules_traces_and_reviews(tmp_path: Path, capsys) -> None:

@@ -1,0 +1,37 @@
+"""`latentguard serve` as a real process, for tests that restart, SIGTERM or SIGKILL it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from latentguard.cli.main import main as cli
+
+
+def serve(data: Path, sae: Path, **env: str) -> subprocess.Popen[bytes]:
+    """Starts a sidecar on `<data>/latentguard.sock` and waits until it serves. Without
+    LATENTGUARD_REDIS_URL in `env` it uses the embedded store."""
+    full = {**os.environ, "LATENTGUARD_DATA_DIR": str(data), "LATENTGUARD_SAE_PATH": str(sae)}
+    full.pop("LATENTGUARD_REDIS_URL", None)
+    full.update(env)
+    proc = subprocess.Popen([sys.executable, "-m", "latentguard.cli.main", "serve"],
+                            env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while cli(["health", "--target", target(data), "--timeout", "1"]) != 0:
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        assert time.monotonic() < deadline, "sidecar did not start"
+        time.sleep(0.2)
+    return proc
+
+
+def target(data: Path) -> str:
+    return f"unix://{data / 'latentguard.sock'}"
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout) == 0
