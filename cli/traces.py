@@ -100,6 +100,9 @@ def cmd_traces_alerts(args: argparse.Namespace) -> int:
                 print(json_format.MessageToJson(alert, indent=None), flush=True)
             else:
                 out.print(render.alert_line(alert))
+            if alert.consumer_group:  # printed: the group may forget it
+                call(client, client.traces.AckAlerts, traces_pb2.AckAlertsRequest(
+                    consumer_group=alert.consumer_group, ids=[alert.id]))
             if args.count and n >= args.count:
                 break
     except KeyboardInterrupt:

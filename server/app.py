@@ -102,7 +102,8 @@ class Sidecar:
         rules_pb2_grpc.add_RulesServicer_to_server(
             RulesService(self.store, self.auth, self.runtime.rule_checker), server)
         traces_pb2_grpc.add_TracesServicer_to_server(
-            TracesService(self.store, self.auth, self.runtime.labels), server)
+            TracesService(self.store, self.auth, self.runtime.labels,
+                          claim_idle_ms=int(s.alert_claim_idle_s * 1000)), server)
         features_pb2_grpc.add_FeaturesServicer_to_server(FeaturesService(self.runtime), server)
         monitor_pb2_grpc.add_MonitorServicer_to_server(
             MonitorService(self.runtime, self.writer, self.watchers), server)

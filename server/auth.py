@@ -43,6 +43,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "/latentguard.v1.Traces/GetTrace": READ,
     "/latentguard.v1.Traces/ReviewTrace": REVIEW,
     "/latentguard.v1.Traces/StreamAlerts": READ,
+    "/latentguard.v1.Traces/AckAlerts": READ,
     "/latentguard.v1.Features/ListFeatures": READ,
     "/latentguard.v1.Features/GetFeature": READ,
     "/latentguard.v1.Features/SearchFeatures": READ,

@@ -124,6 +124,9 @@ class Settings(BaseSettings):
         "where a rule fired")
     alert_stream_maxlen: int = Field(default=100_000, ge=100, description="approximate number "
                                      "of alerts the alert stream keeps")
+    alert_claim_idle_s: float = Field(default=30.0, gt=0, description="a consumer group's "
+                                      "alert not acknowledged for this long goes to the next "
+                                      "reader of the group")
     spool_max_mb: int = Field(default=1024, ge=1, description="disk budget of the write-ahead "
                               "spool (`<data_dir>/spool`), in MiB: how long a store outage "
                               "loses nothing")

@@ -47,9 +47,10 @@ def trace_proto(t: TraceRecord, labels: dict[int, str] | None = None) -> traces_
     )
 
 
-def alert_proto(a: AlertRecord) -> traces_pb2.Alert:
+def alert_proto(a: AlertRecord, consumer_group: str = "") -> traces_pb2.Alert:
     return traces_pb2.Alert(id=a.id, trace_id=a.trace_id, request_tag=a.request_tag,
-                            model=a.model, policy=a.policy, hit=wire.hit_proto(a.hit))
+                            model=a.model, policy=a.policy, hit=wire.hit_proto(a.hit),
+                            consumer_group=consumer_group)
 
 
 def step_model(msg: monitor_pb2.StepBatch, d_in: int, d_sae: int) -> Step:

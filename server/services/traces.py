@@ -11,8 +11,9 @@ from latentguard.monitors.rules import severity_rank
 from latentguard.server import convert
 from latentguard.server.auth import Authenticator
 from latentguard.server.errors import InvalidArgument, grpc_errors
-from latentguard.server.records import ReviewRecord, TraceFilter
+from latentguard.server.records import AlertRecord, ReviewRecord, TraceFilter
 from latentguard.server.store import Store
+from latentguard.server.store.alerts import CLAIM_IDLE_MS, group_for
 from latentguard.v1 import traces_pb2, traces_pb2_grpc
 
 MAX_NOTE = 10_000
@@ -20,10 +21,12 @@ MAX_NOTE = 10_000
 
 class TracesService(traces_pb2_grpc.TracesServicer):
     def __init__(self, store: Store, auth: Authenticator,
-                 labels: Callable[[], dict[int, str]] = dict) -> None:
+                 labels: Callable[[], dict[int, str]] = dict,
+                 claim_idle_ms: int = CLAIM_IDLE_MS) -> None:
         self._store = store
         self._auth = auth
         self._labels = labels
+        self._claim_idle_ms = claim_idle_ms
 
     @grpc_errors
     async def ListTraces(self, request: traces_pb2.ListTracesRequest,
@@ -77,23 +80,40 @@ class TracesService(traces_pb2_grpc.TracesServicer):
     @grpc_errors
     async def StreamAlerts(self, request: traces_pb2.StreamAlertsRequest,
                            context: grpc.aio.ServicerContext) -> AsyncIterator[traces_pb2.Alert]:
-        min_rank = severity_rank(wire.SEVERITY.name(request.min_severity) or "info")
+        min_severity = wire.SEVERITY.name(request.min_severity) or "info"
+        min_rank = severity_rank(min_severity)
         rules = set(request.rules)
+
+        def wanted(alert: AlertRecord) -> bool:
+            return (not rules or alert.hit.rule in rules) \
+                and severity_rank(alert.hit.severity) >= min_rank
+
+        group = ""
         if request.consumer_group:
             if request.after_id:
                 raise InvalidArgument("after_id: not used with consumer_group", field="after_id")
-            alerts = self._store.alerts.consume(request.consumer_group, request.consumer)
+            group = group_for(request.consumer_group, min_severity, list(rules))
+            alerts = self._store.alerts.consume(group, request.consumer, wanted,
+                                                self._claim_idle_ms)
         else:
             alerts = self._store.alerts.follow(request.after_id)
         try:
             async for alert in alerts:
-                if rules and alert.hit.rule not in rules:
-                    continue
-                if severity_rank(alert.hit.severity) < min_rank:
-                    continue
-                yield convert.alert_proto(alert)
+                if group or wanted(alert):  # a group's reads are filtered by the store
+                    yield convert.alert_proto(alert, consumer_group=group)
         finally:
             await alerts.aclose()  # type: ignore[attr-defined]  # an async generator
+
+    @grpc_errors
+    async def AckAlerts(self, request: traces_pb2.AckAlertsRequest,
+                        context: grpc.aio.ServicerContext) -> traces_pb2.AckAlertsResponse:
+        if not request.consumer_group:
+            raise InvalidArgument("consumer_group: required (Alert.consumer_group)",
+                                  field="consumer_group")
+        if len(request.ids) > 1000:
+            raise InvalidArgument("ids: at most 1000 per call", field="ids")
+        acked = await self._store.alerts.ack(request.consumer_group, list(request.ids))
+        return traces_pb2.AckAlertsResponse(acked=acked)
 
 
 def _check_id(trace_id: str) -> None:

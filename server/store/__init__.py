@@ -43,7 +43,7 @@ class Store:
         self.rules = VersionedStore(client, self.keys, "rule")
         self.policies = VersionedStore(client, self.keys, "policy")
         self.traces = TraceStore(client, self.keys, retention)
-        self.alerts = AlertStream(client, self.keys, alert_maxlen)
+        self.alerts = AlertStream(client, self.keys, alert_maxlen, retention)
         self._embedded = embedded
 
     @classmethod

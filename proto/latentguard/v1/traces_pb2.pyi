@@ -152,17 +152,33 @@ class StreamAlertsRequest(_message.Message):
     def __init__(self, min_severity: _Optional[_Union[_common_pb2.Severity, str]] = ..., rules: _Optional[_Iterable[str]] = ..., consumer_group: _Optional[str] = ..., consumer: _Optional[str] = ..., after_id: _Optional[str] = ...) -> None: ...
 
 class Alert(_message.Message):
-    __slots__ = ("id", "trace_id", "request_tag", "model", "policy", "hit")
+    __slots__ = ("id", "trace_id", "request_tag", "model", "policy", "hit", "consumer_group")
     ID_FIELD_NUMBER: _ClassVar[int]
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_TAG_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     HIT_FIELD_NUMBER: _ClassVar[int]
+    CONSUMER_GROUP_FIELD_NUMBER: _ClassVar[int]
     id: str
     trace_id: str
     request_tag: str
     model: str
     policy: str
     hit: _common_pb2.RuleHit
-    def __init__(self, id: _Optional[str] = ..., trace_id: _Optional[str] = ..., request_tag: _Optional[str] = ..., model: _Optional[str] = ..., policy: _Optional[str] = ..., hit: _Optional[_Union[_common_pb2.RuleHit, _Mapping]] = ...) -> None: ...
+    consumer_group: str
+    def __init__(self, id: _Optional[str] = ..., trace_id: _Optional[str] = ..., request_tag: _Optional[str] = ..., model: _Optional[str] = ..., policy: _Optional[str] = ..., hit: _Optional[_Union[_common_pb2.RuleHit, _Mapping]] = ..., consumer_group: _Optional[str] = ...) -> None: ...
+
+class AckAlertsRequest(_message.Message):
+    __slots__ = ("consumer_group", "ids")
+    CONSUMER_GROUP_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    consumer_group: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, consumer_group: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AckAlertsResponse(_message.Message):
+    __slots__ = ("acked",)
+    ACKED_FIELD_NUMBER: _ClassVar[int]
+    acked: int
+    def __init__(self, acked: _Optional[int] = ...) -> None: ...

@@ -56,6 +56,11 @@ class TracesStub:
                 request_serializer=latentguard_dot_v1_dot_traces__pb2.StreamAlertsRequest.SerializeToString,
                 response_deserializer=latentguard_dot_v1_dot_traces__pb2.Alert.FromString,
                 _registered_method=True)
+        self.AckAlerts = channel.unary_unary(
+                '/latentguard.v1.Traces/AckAlerts',
+                request_serializer=latentguard_dot_v1_dot_traces__pb2.AckAlertsRequest.SerializeToString,
+                response_deserializer=latentguard_dot_v1_dot_traces__pb2.AckAlertsResponse.FromString,
+                _registered_method=True)
 
 
 class TracesServicer:
@@ -89,6 +94,14 @@ class TracesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AckAlerts(self, request, context):
+        """Consumer groups: an alert stays pending, and is delivered again, until its reader
+        acknowledges it here (after it has handled it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TracesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +124,11 @@ def add_TracesServicer_to_server(servicer, server):
                     servicer.StreamAlerts,
                     request_deserializer=latentguard_dot_v1_dot_traces__pb2.StreamAlertsRequest.FromString,
                     response_serializer=latentguard_dot_v1_dot_traces__pb2.Alert.SerializeToString,
+            ),
+            'AckAlerts': grpc.unary_unary_rpc_method_handler(
+                    servicer.AckAlerts,
+                    request_deserializer=latentguard_dot_v1_dot_traces__pb2.AckAlertsRequest.FromString,
+                    response_serializer=latentguard_dot_v1_dot_traces__pb2.AckAlertsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -223,6 +241,33 @@ class Traces:
             '/latentguard.v1.Traces/StreamAlerts',
             latentguard_dot_v1_dot_traces__pb2.StreamAlertsRequest.SerializeToString,
             latentguard_dot_v1_dot_traces__pb2.Alert.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AckAlerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/latentguard.v1.Traces/AckAlerts',
+            latentguard_dot_v1_dot_traces__pb2.AckAlertsRequest.SerializeToString,
+            latentguard_dot_v1_dot_traces__pb2.AckAlertsResponse.FromString,
             options,
             channel_credentials,
             insecure,
