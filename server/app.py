@@ -25,6 +25,7 @@ from latentguard.server.services.traces import TracesService
 from latentguard.server.store import Store
 from latentguard.server.store.private import private_dir
 from latentguard.server.telemetry import Telemetry, setup_telemetry
+from latentguard.server.tokens import TokenTexts
 from latentguard.server.writer import TraceWriter
 from latentguard.v1 import (
     features_pb2,
@@ -70,6 +71,7 @@ class Sidecar:
         self.writer: TraceWriter | None = None
         self.watchers = Watchers()
         """Requests someone waits on (Generate, Inspect), and row taps for tests and tools."""
+        self.token_texts = TokenTexts()
         self.server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.address = ""
@@ -106,7 +108,7 @@ class Sidecar:
                           claim_idle_ms=int(s.alert_claim_idle_s * 1000)), server)
         features_pb2_grpc.add_FeaturesServicer_to_server(FeaturesService(self.runtime), server)
         monitor_pb2_grpc.add_MonitorServicer_to_server(
-            MonitorService(self.runtime, self.writer, self.watchers), server)
+            MonitorService(self.runtime, self.writer, self.watchers, self.token_texts), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(

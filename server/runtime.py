@@ -9,6 +9,8 @@ import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import torch
+
 from latentguard.monitors.catalog import FeatureCatalog
 from latentguard.monitors.errors import MonitorError
 from latentguard.monitors.probes import ProbeSet
@@ -63,7 +65,27 @@ class MonitorRuntime:
         if settings.sae_path is not None:
             await asyncio.to_thread(runtime._load_sae, Path(settings.sae_path))
         await runtime.reload()
+        await asyncio.to_thread(runtime.warm_up)
         return runtime
+
+    def warm_up(self) -> None:
+        """One encode, probe pass and rule step on blank rows, before the sidecar answers
+        Ready: torch's first calls are slow, and a sync request must not pay for them."""
+        if self.sae is None:
+            return
+        rows = torch.zeros(8, self.sae.d_in)
+        engine = self.engine
+        idx = engine.signal_features if engine is not None else torch.empty(0, dtype=torch.long)
+        enc = self.sae.encode_for_monitor(rows, idx, self.settings.top_k)
+        if engine is None:
+            return
+        probe_values = None
+        if self.probes is not None:
+            probe_values = self.probes.score(
+                rows, enc.selected[:, engine.probe_feature_columns]
+                if self.probes.reads_features else None)
+        engine.new_session(self.default_policy()).step(enc.selected, probe_values,
+                                                       list(range(8)), [True] * 8)
 
     def _load_sae(self, path: Path) -> None:
         self.sae = load_sae(path)

@@ -18,6 +18,10 @@ class TokenTexts:
     def __init__(self) -> None:
         self._decoders: dict[str, TokenText | None] = {}
 
+    def __contains__(self, model: str) -> bool:
+        """Whether the model's decoder is loaded (or known to be missing) already."""
+        return model in self._decoders
+
     def for_model(self, model: str) -> TokenText | None:
         if model not in self._decoders:
             self._decoders[model] = _load(Path(model) / "tokenizer.json")

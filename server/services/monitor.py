@@ -93,6 +93,10 @@ class MonitorService(monitor_pb2_grpc.MonitorServicer):
         if first.WhichOneof("kind") != "hello":
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 "the first message of a Monitor stream must be hello")
+        if first.hello.model:
+            # Loading a tokenizer takes seconds for a real model: before Ready, so the first
+            # step (maybe a sync one, with a 200 ms budget) does not pay for it.
+            await asyncio.to_thread(self._token_texts.for_model, first.hello.model)
         try:
             yield self._ready(first.hello)
         except ServerError as exc:

@@ -25,6 +25,7 @@ from latentguard.server.stream import StreamSession
 from latentguard.server.telemetry import setup_telemetry
 from latentguard.server.tokens import TokenTexts
 from latentguard.server.writer import TraceWriter
+from latentguard.v1 import monitor_pb2
 from tests.server.fixtures import D_IN, RULES, build_sae
 
 
@@ -144,3 +145,28 @@ async def test_a_request_started_twice_closes_the_first(harness: Harness) -> Non
     assert len(s.requests) == 1
     trace = (await harness.traces())["R"]
     assert trace.finish_reason == "restarted" and trace.monitoring_gap
+
+
+def test_ready_comes_after_the_warm_up(tmp_path: Path) -> None:
+    """The sidecar answers Ready only once the first step will be fast: the model's tokenizer
+    (for token text) is loaded for the hello's model, and the SAE and rules have run once."""
+    from latentguard.lab.tinymodel import build_tokenizer
+    from tests.server.fixtures import StreamDriver
+    from tests.server.helpers import running_sidecar
+
+    model = tmp_path / "model"
+    model.mkdir()
+    build_tokenizer(model)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    with running_sidecar(tmp_path / "data", sae_path=build_sae(tmp_path / "sae"),
+                         rules_file=rules) as sidecar:
+        assert str(model) not in sidecar.sidecar.token_texts
+        with sidecar.channel() as channel:
+            drive = StreamDriver(channel)
+            ready = drive.send(monitor_pb2.MonitorMessage(hello=monitor_pb2.Hello(
+                client="test", model=str(model), d_model=D_IN)))
+            assert ready.WhichOneof("kind") == "ready"
+            assert str(model) in sidecar.sidecar.token_texts
+            assert sidecar.sidecar.token_texts.for_model(str(model)) is not None
+            drive.close()
