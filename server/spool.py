@@ -29,6 +29,8 @@ __all__ = ["Spool", "SpoolFull", "SpoolRecord"]
 
 LEGACY_SPOOL = "spool-traces.jsonl"
 """The spool of earlier versions (one trace per line, in the data dir): imported at start."""
+JOURNAL_COMPACT_BYTES = 4 << 20
+"""The in-flight journal is rewritten with only the open requests past this size."""
 BAD_FILE = "spool-traces.bad.jsonl"
 """Spool lines that are not a record (a torn write, a hand edit): kept, never replayed."""
 
@@ -87,12 +89,7 @@ class Spool:
         self._seq += 1
         path = self.dir / f"seg-{time.time_ns():020d}-{self._seq:06d}.jsonl"
         tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _write_synced(tmp, data, os.O_EXCL)
         os.replace(tmp, path)  # a segment is whole or absent
         _fsync_dir(self.dir)
         return path
@@ -155,12 +152,17 @@ class Spool:
             return
         if not lines:
             return
-        fd = os.open(j.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, b"".join(lines))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if j.path.exists() and j.path.stat().st_size > JOURNAL_COMPACT_BYTES:
+            # A busy sidecar always has requests open: keep only those, or the file grows
+            # with every request ever served.
+            lines = [b'{"open":' + t.model_dump_json().encode() + b"}\n"
+                     for t in j.open.values()]
+            tmp = j.path.with_suffix(".tmp")
+            _write_synced(tmp, b"".join(lines), os.O_TRUNC)
+            os.replace(tmp, j.path)
+            _fsync_dir(self.dir)
+            return
+        _write_synced(j.path, b"".join(lines), os.O_APPEND)
 
     def interrupted(self, finished: set[str]) -> list[TraceRecord]:
         """Requests the journal says were open when the last run ended whose traces are not
@@ -181,6 +183,15 @@ class Spool:
                 log.warning("in-flight journal: a torn line skipped")
         path.unlink()
         return [t for i, t in open_.items() if i not in finished]
+
+
+def _write_synced(path: Path, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | mode, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -284,3 +284,23 @@ async def test_a_full_spool_says_so(redis_server: RedisServer, store: Store, dat
             await asyncio.sleep(FLUSH_S + 0.1)  # one segment each
     assert writer.spool.size() <= 2000
     assert any("LATENTGUARD_SPOOL_MAX_MB" in r.getMessage() for r in caplog.records)
+
+
+def test_the_in_flight_journal_stays_small_under_load(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A busy sidecar always has a request open: the journal is compacted to the open ones
+    instead of growing with every request served, and still knows which are open."""
+    import latentguard.server.spool as spool_module
+    from latentguard.server.spool import Spool
+
+    monkeypatch.setattr(spool_module, "JOURNAL_COMPACT_BYTES", 4096)
+    spool = Spool(tmp_path)
+    spool.prepare()
+    always_open = trace("long-running")
+    spool.journal([always_open], [])
+    for i in range(200):
+        t = trace(f"short-{i}")
+        spool.journal([t], [])
+        spool.journal([], [t.id])
+    assert spool._journal.path.stat().st_size < 3 * 4096
+    assert [t.id for t in spool.interrupted(set())] == [always_open.id]
