@@ -38,7 +38,8 @@ def load_sae(
 
     Raises:
         SAEFormatError: unknown format, missing file or key, or a shape mismatch; the message
-            names the file and the key.
+            names the file and the key. Also raised for any config field, or tensor, that
+            the loader does not implement (never silently ignored).
     """
     p = Path(path)
     if not p.exists():
@@ -46,6 +47,11 @@ def load_sae(
     fmt = get_format(format) if format else detect_format(p)
     cfg, tensors = fmt.read(p, hook_name)
     cls = architecture_class(cfg.architecture, str(p))
+    extra = sorted(set(tensors) - set(cls.tensor_shapes))
+    if extra:  # a tensor the architecture does not use may change what the SAE computes
+        raise SAEFormatError(
+            p, f"tensor not used by a {cfg.architecture} SAE; refusing to ignore it", key=extra[0]
+        )
     tensors = {k: v.to(dtype=dtype, device=device) for k, v in tensors.items()}
     sae = cls(cfg, tensors, source=str(p))
     logger.info("loaded %s SAE from %s (%s): %r", cfg.architecture, p, fmt.name, sae)

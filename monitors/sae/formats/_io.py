@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -16,7 +16,16 @@ from torch import Tensor
 from latentguard.monitors.errors import SAEFormatError
 from latentguard.monitors.sae.hooks import HookSite, parse_hook_name
 
-__all__ = ["hook_site", "need", "read_json", "read_npz", "read_safetensors", "require"]
+__all__ = [
+    "check_keys",
+    "hook_site",
+    "need",
+    "read_json",
+    "read_npz",
+    "read_safetensors",
+    "refuse",
+    "require",
+]
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -65,6 +74,29 @@ def require(data: dict[str, Any], key: str, kind: type, path: Path) -> Any:
             path, f"expected {kind.__name__}, got {type(value).__name__}", key=key
         )
     return value
+
+
+def check_keys(
+    data: dict[str, Any], known: frozenset[str] | set[str], path: Path, prefix: str = ""
+) -> None:
+    """Refuse the first key of ``data`` not in ``known``, by name.
+
+    Why: a field the loader neither implements nor lists as metadata may change what the SAE
+    computes; ignoring it would encode different features from the format's own code.
+    """
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        key = unknown[0]
+        raise SAEFormatError(
+            path,
+            f"unknown field (value {data[key]!r}); this loader does not implement it",
+            key=prefix + key,
+        )
+
+
+def refuse(path: Path, key: str, value: Any, why: str) -> NoReturn:
+    """Raise an SAEFormatError for a known field whose value is not implemented."""
+    raise SAEFormatError(path, f"value {value!r} is not supported: {why}", key=key)
 
 
 def hook_site(hook_name: str, path: Path, key: str = "hook_name") -> HookSite:
