@@ -23,6 +23,7 @@ __all__ = ["NAME", "detect", "read"]
 
 NAME = "gemma_scope"
 PARAMS_FILE = "params.npz"
+_ARRAYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
 
 
 def detect(path: Path) -> bool:
@@ -35,8 +36,11 @@ def read(path: Path, hook_name: str | None = None) -> tuple[SAEConfig, dict[str,
     npz_path = path / PARAMS_FILE if path.is_dir() else path
     arrays = read_npz(npz_path)
     arrays = {("W_" + k[2:] if k.startswith("w_") else k): v for k, v in arrays.items()}
-    for key in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold"):
+    for key in _ARRAYS:
         need(arrays, key, npz_path)
+    extra = sorted(set(arrays) - set(_ARRAYS))
+    if extra:  # there is no config: an unknown array is the only sign of another architecture
+        raise SAEFormatError(npz_path, "array not implemented by this loader", key=extra[0])
     if arrays["W_enc"].ndim != 2:
         raise SAEFormatError(npz_path, f"expected 2 dims, got {arrays['W_enc'].ndim}", key="W_enc")
     d_in, d_sae = arrays["W_enc"].shape

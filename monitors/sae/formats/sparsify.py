@@ -1,7 +1,8 @@
 """EleutherAI sparsify format: a hookpoint folder with ``cfg.json`` + ``sae.safetensors``.
 
 ``cfg.json`` holds ``d_in``, ``k``, ``num_latents`` (0 = ``d_in * expansion_factor``),
-``activation`` (``topk``; ``groupmax`` is not supported), ``transcode``, ``skip_connection``.
+``activation`` (``topk``; ``groupmax`` is not supported), ``transcode``, ``skip_connection``
+(refused when true: decode would need ``W_skip``); any other field is refused by name.
 Tensors: ``encoder.weight [num_latents, d_in]``, ``encoder.bias [num_latents]``,
 ``W_dec [num_latents, d_in]``, ``b_dec [d_in]``, optional ``W_skip [d_in, d_in]``.
 Encoding is ``topk(relu((x - b_dec) @ encoder.weight.T + encoder.bias))`` (no ``b_dec``
@@ -17,7 +18,14 @@ from torch import Tensor
 
 from latentguard.monitors.errors import SAEFormatError
 from latentguard.monitors.sae.config import SAEConfig
-from latentguard.monitors.sae.formats._io import hook_site, need, read_json, read_safetensors
+from latentguard.monitors.sae.formats._io import (
+    check_keys,
+    hook_site,
+    need,
+    read_json,
+    read_safetensors,
+    refuse,
+)
 from latentguard.monitors.sae.formats._io import require as _require
 
 __all__ = ["NAME", "detect", "read"]
@@ -27,6 +35,18 @@ logger = logging.getLogger(__name__)
 NAME = "sparsify"
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae.safetensors"
+_FIELDS = frozenset({
+    "d_in",
+    "k",
+    "activation",  # implemented: topk (groupmax refused)
+    "num_latents",
+    "expansion_factor",  # width when num_latents is 0
+    "transcode",  # implemented: no b_dec subtraction, decode predicts the output
+    "skip_connection",  # implemented: must be false
+    "normalize_decoder",  # training only: unit-norm decoder rows during training
+    "multi_topk",  # training only: an extra loss term
+})
+"""Every field of sparsify 1.3.3 ``SparseCoderConfig`` plus ``d_in`` (``save_to_disk``)."""
 
 
 def detect(path: Path) -> bool:
@@ -36,6 +56,12 @@ def detect(path: Path) -> bool:
 def read(path: Path, hook_name: str | None = None) -> tuple[SAEConfig, dict[str, Tensor]]:
     cfg_path = path / CFG_FILE
     raw = read_json(cfg_path)
+    check_keys(raw, _FIELDS, cfg_path)
+    for key in ("skip_connection", "transcode", "multi_topk", "normalize_decoder"):
+        if not isinstance(raw.get(key, False), bool):
+            raise SAEFormatError(cfg_path, f"expected bool, got {raw[key]!r}", key=key)
+    if raw.get("skip_connection", False):
+        refuse(cfg_path, "skip_connection", True, "decode would need W_skip @ x")
     d_in = _require(raw, "d_in", int, cfg_path)
     k = _require(raw, "k", int, cfg_path)
     activation = raw.get("activation", "topk")
@@ -47,8 +73,9 @@ def read(path: Path, hook_name: str | None = None) -> tuple[SAEConfig, dict[str,
     st = read_safetensors(weights_path)
     for key in ("encoder.weight", "encoder.bias", "W_dec", "b_dec"):
         need(st, key, weights_path)
-    if "W_skip" in st:
-        logger.warning("%s: W_skip (skip connection) is ignored by decode", weights_path)
+    extra = sorted(set(st) - {"encoder.weight", "encoder.bias", "W_dec", "b_dec"})
+    if extra:
+        raise SAEFormatError(weights_path, "tensor not implemented by this loader", key=extra[0])
     hook = hook_name or path.name
     site = hook_site(hook, path, key="hookpoint folder name")
     tensors = {
