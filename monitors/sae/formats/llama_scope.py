@@ -28,13 +28,38 @@ from torch import Tensor
 
 from latentguard.monitors.errors import SAEFormatError
 from latentguard.monitors.sae.config import SAEConfig
-from latentguard.monitors.sae.formats._io import hook_site, read_json, read_safetensors, require
+from latentguard.monitors.sae.formats._io import (
+    check_keys,
+    hook_site,
+    read_json,
+    read_safetensors,
+    refuse,
+    require,
+)
 
 __all__ = ["NAME", "detect", "read"]
 
 NAME = "llama_scope"
 HPARAMS_FILE = "hyperparams.json"
 WEIGHTS_FILE = Path("checkpoints") / "final.safetensors"
+_FIELDS = frozenset({
+    # implemented
+    "d_model", "d_sae", "hook_point_in", "act_fn", "jump_relu_threshold", "top_k",
+    "norm_activation", "dataset_average_activation_norm", "apply_decoder_bias_to_pre_encoder",
+    "sparsity_include_decoder_norm",
+    "use_decoder_bias",  # implemented: must be true
+    "use_glu_encoder",  # implemented: must be false
+    # metadata: the output hook names what decode predicts; training-only settings
+    "hook_point_out", "expansion_factor", "decoder_exactly_fixed_norm", "init_decoder_norm",
+    "init_encoder_norm", "init_encoder_with_decoder_transpose", "lp", "l1_coefficient",
+    "l1_coefficient_warmup_steps", "k_warmup_steps", "use_batch_norm_mse", "use_ghost_grads",
+    "tp_size", "ddp_size",
+})
+_TENSORS = frozenset({
+    "encoder.weight", "encoder.bias", "decoder.weight", "decoder.bias",
+    "W_E", "b_E", "W_D", "b_D", "log_jumprelu_threshold",
+})
+"""The lm-saes ``hyperparams.json`` fields of the Llama Scope release; others are refused."""
 
 
 def detect(path: Path) -> bool:
@@ -62,6 +87,11 @@ def _weights(st: dict[str, Tensor], path: Path) -> tuple[Tensor, Tensor, Tensor,
 def read(path: Path, hook_name: str | None = None) -> tuple[SAEConfig, dict[str, Tensor]]:
     hp_path = path / HPARAMS_FILE
     hp = read_json(hp_path)
+    check_keys(hp, _FIELDS, hp_path)
+    if hp.get("use_decoder_bias", True) is not True:
+        refuse(hp_path, "use_decoder_bias", hp["use_decoder_bias"], "only true")
+    if hp.get("use_glu_encoder", False) is not False:
+        refuse(hp_path, "use_glu_encoder", hp["use_glu_encoder"], "only false")
     d_model = require(hp, "d_model", int, hp_path)
     d_sae = require(hp, "d_sae", int, hp_path)
     hook_in = require(hp, "hook_point_in", str, hp_path)
@@ -69,6 +99,9 @@ def read(path: Path, hook_name: str | None = None) -> tuple[SAEConfig, dict[str,
     site = hook_site(hook, hp_path, key="hook_point_in")
     weights_path = path / WEIGHTS_FILE
     st = read_safetensors(weights_path)
+    extra = sorted(set(st) - _TENSORS)
+    if extra:
+        raise SAEFormatError(weights_path, "tensor not implemented by this loader", key=extra[0])
     w_enc, b_enc, w_dec, b_dec = _weights(st, weights_path)
     if w_enc.shape != (d_model, d_sae) or w_dec.shape != (d_sae, d_model):
         raise SAEFormatError(

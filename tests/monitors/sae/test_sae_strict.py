@@ -90,3 +90,23 @@ def test_pre6_activation_fn_and_unknown_tensor_are_refused(tmp_path: Path) -> No
     with pytest.raises(SAEFormatError) as info:
         load_sae(folder)
     assert info.value.key == "W_extra"
+
+
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [({"use_glu_encoder": True}, "use_glu_encoder"), ({"made_up": 0}, "made_up")],
+)
+def test_llama_scope_unimplemented_field_is_refused_by_name(
+    tmp_path: Path, edit: dict[str, Any], key: str
+) -> None:
+    folder = tmp_path / "ls"
+    (folder / "checkpoints").mkdir(parents=True)
+    hp = {"d_model": 2, "d_sae": 3, "hook_point_in": "blocks.1.hook_resid_post",
+          "act_fn": "relu", **edit}
+    (folder / "hyperparams.json").write_text(json.dumps(hp))
+    st = {"W_E": np.zeros((2, 3), np.float32), "b_E": np.zeros(3, np.float32),
+          "W_D": np.zeros((3, 2), np.float32), "b_D": np.zeros(2, np.float32)}
+    save_file(st, str(folder / "checkpoints" / "final.safetensors"))
+    with pytest.raises(SAEFormatError) as info:
+        load_sae(folder)
+    assert info.value.key == key
