@@ -4,6 +4,11 @@ Tensors (SAELens names): ``W_enc [d_in, d_sae]``, ``b_enc``, ``W_dec [d_sae, d_i
 plus ``threshold`` (jumprelu) or ``b_gate``, ``b_mag``, ``r_mag`` (gated, no ``b_enc``).
 The hook name is ``metadata.hook_name`` (v6; ``meta`` in some 6.x releases), or top-level
 ``hook_name`` / ``hook_point`` in configs written before 6.0.
+
+The reader never guesses: every field (``_saelens_fields``) is implemented or refused with its
+name. ``rescale_acts_by_decoder_norm`` is folded into the weights exactly as SAELens computes
+it; ``reshape_activations: hook_z``, ``covariance_whitening``, ``hook_head_index`` and
+unknown keys are refused. ``tests/monitors/sae/peers`` holds SAEs saved by sae-lens itself.
 """
 
 from __future__ import annotations
