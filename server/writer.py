@@ -57,6 +57,8 @@ class TraceWriter:
         self._failures = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._segment_ready = asyncio.Event()
+        self._unstored: dict[str, asyncio.Event] = {}
+        """Traces saved and not yet in the store, each with an event set once it is."""
         self._lock = asyncio.Lock()  # one batch -> segment at a time
 
     def start(self) -> TraceWriter:
@@ -81,6 +83,7 @@ class TraceWriter:
 
     def save(self, trace: TraceRecord) -> None:
         self._batch.append(SpoolRecord(kind="trace", record=trace))
+        self._unstored.setdefault(trace.id, asyncio.Event())
         self._closed.append(trace.id)
         self._wake.set()
 
@@ -92,6 +95,18 @@ class TraceWriter:
     def publish(self, alert: AlertRecord) -> None:
         self._batch.append(SpoolRecord(kind="alert", record=alert))
         self._wake.set()
+
+    async def stored(self, trace_id: str, timeout: float) -> bool:
+        """Waits until a trace saved here is in the store (so a caller handed its id can read
+        it); False after `timeout` (the store is away: the trace waits on disk)."""
+        event = self._unstored.get(trace_id)
+        if event is None:
+            return True
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     # ---- flushing ---------------------------------------------------------------------------
 
@@ -131,15 +146,22 @@ class TraceWriter:
                     await asyncio.to_thread(self.spool.write, batch)
                 except SpoolFull as exc:
                     log.error("%s: %d records dropped", exc, len(batch))
+                    for r in batch:
+                        self._unstored.pop(r.record.id, None)
             if opened or closed:
                 await asyncio.to_thread(self.spool.journal, opened, closed)
             if batch:
                 self._segment_ready.set()
 
     async def _flusher(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = 0.0
         while True:
             await self._wake.wait()
-            await asyncio.sleep(FLUSH_S)  # gather what arrives meanwhile into one fsync
+            # Under load, gather what arrives within FLUSH_S into one fsync; a lone record
+            # is written at once.
+            await asyncio.sleep(max(0.0, last + FLUSH_S - loop.time()))
+            last = loop.time()
             self._wake.clear()
             try:
                 await self._to_disk()
@@ -183,6 +205,9 @@ class TraceWriter:
             log.exception("cannot store spool segment %s; kept as %s", path.name,
                           self.spool.set_aside(path))
         await asyncio.to_thread(self.spool.remove, path)
+        for r in records:
+            if isinstance(r.record, TraceRecord) and (e := self._unstored.pop(r.record.id, None)):
+                e.set()
         if self.store_down:
             log.info("store reachable again: writing the spooled records")
         await self._set_down(False)

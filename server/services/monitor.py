@@ -49,6 +49,9 @@ MAX_TEXT = 100_000
 MAX_TOKENS = 4096
 #: How long Generate/Inspect wait, after vLLM is done, for the plugin to report the end.
 END_WAIT_S = 10.0
+#: How long Generate/Inspect wait for their trace to be in the store before they hand out its id
+#: (while the store is away it waits on disk, and the caller gets the id anyway).
+STORED_WAIT_S = 5.0
 
 NO_MODEL = ("no model is attached to this sidecar: start it with `latentguard vllm` "
             "(vLLM with the latentguard plugin) to use Inspect and Generate")
@@ -218,6 +221,8 @@ class MonitorService(monitor_pb2_grpc.MonitorServicer):
                     resp.trace_id = trace.id
         resp.series.extend(monitor_pb2.FeatureSeries(feature=f, values=v)
                            for f, v in series.items())
+        if resp.trace_id:
+            await self._writer.stored(resp.trace_id, STORED_WAIT_S)
         return resp
 
     @grpc_errors
@@ -274,6 +279,8 @@ class MonitorService(monitor_pb2_grpc.MonitorServicer):
                 case RequestEnded(trace) if trace is not None:
                     trace_id = trace.id
                     blocked_by = blocked_by or trace.blocked_by
+        if trace_id:
+            await self._writer.stored(trace_id, STORED_WAIT_S)
         yield monitor_pb2.GenerateEvent(finish=monitor_pb2.Finish(
             reason="blocked" if blocked_by else (finish or "stop"), blocked_by=blocked_by,
             trace_id=trace_id))

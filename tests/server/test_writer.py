@@ -304,3 +304,19 @@ def test_the_in_flight_journal_stays_small_under_load(tmp_path: Path,
         spool.journal([], [t.id])
     assert spool._journal.path.stat().st_size < 3 * 4096
     assert [t.id for t in spool.interrupted(set())] == [always_open.id]
+
+
+async def test_stored_says_when_a_trace_can_be_read(
+    redis_server: RedisServer, store: Store, data_dir: Path, writers: list[TraceWriter]
+) -> None:
+    """Generate hands out a trace id only once the trace is readable: stored() returns when it
+    is in the store, or False after its timeout while the store is away."""
+    writer = start(writers, store, data_dir)
+    t = trace()
+    writer.save(t)
+    assert await writer.stored(t.id, WAIT_S)
+    assert await stored(store, t.id)
+    redis_server.stop()
+    late = trace("late")
+    writer.save(late)
+    assert not await writer.stored(late.id, 0.5)
