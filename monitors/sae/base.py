@@ -187,7 +187,8 @@ class SAE:
         if norm == "constant_norm_rescale":
             return x.norm(dim=-1, keepdim=True) / math.sqrt(self.d_in)
         if norm == "layer_norm":
-            return x.std(dim=-1, keepdim=True)
+            std: Tensor = x.std(dim=-1, keepdim=True)
+            return std
         return torch.ones(x.shape[0], 1, dtype=self.dtype, device=self.device)
 
     @torch.inference_mode()

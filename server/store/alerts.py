@@ -17,7 +17,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
@@ -162,7 +162,7 @@ class AlertStream:
             raise InvalidArgument(f"ids: {exc}", field="ids") from None
 
     async def _remove_dead(self, group: str) -> None:
-        for info in cast(list[dict[str, Any]], await self._r.xinfo_consumers(self._key, group)):
+        for info in await self._r.xinfo_consumers(self._key, group):
             if int(info["pending"]) == 0 and int(info["idle"]) > DEAD_AFTER_MS:
                 await self._r.xgroup_delconsumer(self._key, group, info["name"])
 

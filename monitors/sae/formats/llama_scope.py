@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from latentguard.monitors.errors import SAEFormatError
-from latentguard.monitors.sae.config import SAEConfig
+from latentguard.monitors.sae.config import Normalization, SAEConfig
 from latentguard.monitors.sae.formats._io import (
     check_keys,
     hook_site,
@@ -114,7 +114,7 @@ def read(path: Path, hook_name: str | None = None) -> tuple[SAEConfig, dict[str,
     dec_norm = w_dec.norm(dim=1) if hp.get("sparsity_include_decoder_norm", False) else None
 
     norm_activation = hp.get("norm_activation", "inference")
-    normalize = "none"
+    normalize: Normalization = "none"
     if norm_activation == "dataset-wise":
         norms = hp.get("dataset_average_activation_norm")
         if not isinstance(norms, dict) or not {"in", "out"} <= norms.keys():
