@@ -20,6 +20,7 @@ from latentguard.monitors.rules.schema import (
     severity_rank,
 )
 from latentguard.monitors.rules.session import RuleSession
+from latentguard.monitors.rules.signals import probe_scores, rule_signals, signal_series
 
 __all__ = [
     "NAME_PATTERN",
@@ -40,7 +41,10 @@ __all__ = [
     "SteerFeature",
     "Window",
     "load_rule_pack",
+    "probe_scores",
+    "rule_signals",
     "severity_rank",
+    "signal_series",
     "validate_policy",
     "validate_rule",
 ]
