@@ -9,10 +9,11 @@ from collections.abc import Sequence
 import grpc
 
 from latentguard import __version__
+from latentguard.cli import eval as eval_cmd
 from latentguard.cli import features, model, rules, sae, serve, traces
 from latentguard.cli.common import EXIT_FAIL, EXIT_USAGE, CliError, describe_rpc_error
 
-GROUPS = (serve, rules, traces, features, model, sae)
+GROUPS = (serve, rules, traces, features, model, sae, eval_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,136 @@
+"""``latentguard calibrate``: each single-signal rule's threshold set from benign traffic.
+
+A rule whose condition is one signal fires on a text exactly when some run of ``consecutive``
+in-scope tokens all compare true, so its firing statistic on a text is the max over tokens of
+the min over the last ``consecutive`` values (the windowed value where the signal has a window,
+computed by the session's own window code). The threshold is put just where at most
+``floor(target_fpr * n)`` benign texts would fire, then the rule session itself is run on the
+benign texts with the new threshold to measure the FPR it really gives. Rules combining several
+signals are left as they are: one FPR target does not say how to split it among the signals.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import yaml
+from pydantic import BaseModel
+from torch import Tensor
+
+from latentguard.lab.evaluation import (
+    EVAL_POLICY,
+    EvaluationError,
+    Monitor,
+    Role,
+    compile_rules,
+    in_scope,
+)
+from latentguard.monitors.rules import Rule, RuleEngine, RulePack, signal_series
+
+__all__ = ["CalibrationReport", "RuleCalibration", "calibrate", "dump_pack"]
+
+Signals = Sequence[tuple[Tensor, Tensor | None]]
+"""Per text: ``(feature_values, probe_values)`` from ``rule_signals``."""
+
+
+class RuleCalibration(BaseModel):
+    rule: str
+    changed: bool
+    reason: str = ""
+    signal: str = ""
+    old_threshold: float | None = None
+    new_threshold: float | None = None
+    fpr_before: float | None = None
+    fpr_after: float | None = None
+    """Measured with the rule session on the benign texts."""
+
+
+class CalibrationReport(BaseModel):
+    target_fpr: float
+    n_texts: int
+    texts_as: Role
+    rules: list[RuleCalibration]
+
+
+def _statistic(values: list[float], consecutive: int) -> float:
+    """max over tokens of min over the last ``consecutive`` values (-inf: too few tokens)."""
+    if len(values) < consecutive:
+        return -math.inf
+    return max(min(values[t - consecutive + 1:t + 1]) for t in range(consecutive - 1,
+                                                                        len(values)))
+
+
+def _fpr(engine: RuleEngine, signals: Signals, role: Role) -> dict[str, float]:
+    fired: dict[str, int] = dict.fromkeys(engine.rules, 0)
+    for features, probes in signals:
+        n = features.shape[0]
+        hits = engine.new_session(EVAL_POLICY).step(features, probes, list(range(1, n + 1)),
+                                                    [role == "prompt"] * n)
+        for name in {h.rule for h in hits}:
+            fired[name] += 1
+    return {name: count / max(len(signals), 1) for name, count in fired.items()}
+
+
+def _threshold(rule: Rule, monitor: Monitor, signals: Signals, target_fpr: float) -> float:
+    compiled = monitor.engine.rules[rule.name].signals[0]
+    sig = compiled.signal
+    sign = 1.0 if sig.op in (">", ">=") else -1.0
+    stats = sorted((_statistic([sign * v for v in signal_series(compiled, f, p)],
+                               sig.consecutive) for f, p in signals), reverse=True)
+    allowed = int(target_fpr * len(stats) + 1e-9)
+    finite = [s for s in stats if math.isfinite(s)]
+    if allowed >= len(stats) or not math.isfinite(stats[allowed]):
+        cut = min(finite) if finite else sign * sig.threshold
+    else:
+        cut = stats[allowed]
+    if sig.op in (">=", "<="):
+        cut = math.nextafter(cut, math.inf)  # ">= cut" must not hold on the text at the cut
+    return sign * cut
+
+
+def calibrate(monitor: Monitor, signals: Signals, target_fpr: float, role: Role = "prompt"
+              ) -> tuple[RulePack, CalibrationReport]:
+    """The pack with each enabled single-signal rule's threshold at ``target_fpr`` on the
+    benign texts (``signals``), and what was done to every rule."""
+    if not 0.0 <= target_fpr < 1.0:
+        raise EvaluationError(f"target FPR: must be in [0, 1), got {target_fpr}")
+    if not signals:
+        raise EvaluationError("calibrate: no benign texts")
+    before = _fpr(monitor.engine, signals, role)
+    rules, results = [], []
+    for rule in monitor.pack.rules:
+        entry = RuleCalibration(rule=rule.name, changed=False)
+        if not rule.enabled:
+            entry.reason = "disabled"
+        elif rule.when.signal is None:
+            entry.reason = "compound condition (all/any): left unchanged"
+        elif not in_scope(rule, role):
+            entry.reason = f"scope {rule.scope}: sees no {role} tokens"
+        else:
+            sig = rule.when.signal
+            new = _threshold(rule, monitor, signals, target_fpr)
+            entry = RuleCalibration(rule=rule.name, changed=True, signal=sig.source_name,
+                                    old_threshold=sig.threshold, new_threshold=new,
+                                    fpr_before=before[rule.name])
+            when = rule.when.model_copy(update={
+                "signal": sig.model_copy(update={"threshold": new})})
+            rule = rule.model_copy(update={"when": when})
+        rules.append(rule)
+        results.append(entry)
+    pack = RulePack.model_validate(
+        monitor.pack.model_copy(update={"rules": rules}).model_dump())
+    after = _fpr(compile_rules([r for r in rules if r.enabled], monitor.probes, monitor.sae),
+                 signals, role)
+    for entry in results:
+        if entry.changed:
+            entry.fpr_after = after[entry.rule]
+    return pack, CalibrationReport(target_fpr=target_fpr, n_texts=len(signals), texts_as=role,
+                                   rules=results)
+
+
+def dump_pack(pack: RulePack, header: str = "") -> str:
+    """YAML of the pack (defaults left out, names, order and policies kept)."""
+    body = yaml.safe_dump(pack.model_dump(mode="json", exclude_defaults=True),
+                          sort_keys=False, allow_unicode=True, width=100)
+    return "".join(f"# {line}\n" for line in header.splitlines()) + body
