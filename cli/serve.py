@@ -20,6 +20,7 @@ from latentguard.cli.common import (
 def cmd_serve(args: argparse.Namespace) -> int:
     from latentguard.server.app import serve
     from latentguard.server.config import ConfigError, load_settings
+    from latentguard.monitors.errors import MonitorError
     from latentguard.server.store.private import UnsafeFolderError
 
     overrides = {k: v for k, v in {
@@ -34,7 +35,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(serve(settings))
-    except UnsafeFolderError as exc:
+    except (UnsafeFolderError, MonitorError) as exc:
         raise CliError(str(exc)) from None
     return EXIT_OK
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from latentguard.monitors.catalog import FeatureCatalog
-from latentguard.monitors.errors import MonitorError
+from latentguard.monitors.errors import MonitorError, SAEFormatError
 from latentguard.monitors.probes import ProbeSet
 from latentguard.monitors.rules import Policy, Rule, RuleEngine
 from latentguard.monitors.sae import SAE, load_sae
@@ -88,7 +88,15 @@ class MonitorRuntime:
                                                        list(range(8)), [True] * 8)
 
     def _load_sae(self, path: Path) -> None:
-        self.sae = load_sae(path)
+        sae = load_sae(path)
+        if sae.cfg.site != "resid_post":
+            # The plugin captures the residual stream after a decoder layer; an SAE trained on
+            # another site would read vectors it never saw, and nothing would say so.
+            raise SAEFormatError(path, f"the SAE reads {sae.cfg.site!r} ({sae.hook_name}); the "
+                                 "monitor captures the residual stream after a layer "
+                                 "(resid_post), so only such SAEs can be served",
+                                 key="hook_name")
+        self.sae = sae
         folder = sae_folder(path)
         for name in CATALOG_FILES:
             if (folder / name).is_file():

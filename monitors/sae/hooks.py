@@ -28,7 +28,7 @@ _TL_SITES: dict[str, Site] = {
     "resid_mid": "resid_mid",
     "mlp_out": "mlp_out",
     "attn_out": "attn_out",
-    "z": "attn_out",
+    # Not "z": per-head values before the output projection, which no site here is.
 }
 _MODULE = re.compile(
     r"^(?:model\.)*(?:layers|h|decoder\.layers|transformer\.h|gpt_neox\.layers)\.(\d+)"

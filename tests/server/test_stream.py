@@ -170,3 +170,23 @@ def test_ready_comes_after_the_warm_up(tmp_path: Path) -> None:
             assert str(model) in sidecar.sidecar.token_texts
             assert sidecar.sidecar.token_texts.for_model(str(model)) is not None
             drive.close()
+
+
+async def test_an_sae_of_another_site_is_refused(tmp_path: Path) -> None:
+    """The plugin captures the residual stream after a layer: an SAE trained on an MLP's output
+    would read vectors it never saw, so the sidecar refuses it at start, naming the site."""
+    from latentguard.monitors.errors import SAEFormatError
+    from latentguard.monitors.sae import SAEConfig, StandardSAE, save_saelens
+
+    cfg = SAEConfig(architecture="standard", d_in=D_IN, d_sae=8,
+                    hook_name="blocks.1.hook_mlp_out", layer=1, site="mlp_out")
+    sae = StandardSAE(cfg, {"W_enc": torch.zeros(D_IN, 8), "b_enc": torch.zeros(8),
+                            "W_dec": torch.zeros(8, D_IN), "b_dec": torch.zeros(D_IN)})
+    folder = save_saelens(sae, tmp_path / "mlp-sae", model_name="tiny-test")
+    settings = Settings(data_dir=tmp_path / "data", sae_path=folder)
+    store = await Store.open(None, settings.data_dir, retention=timedelta(days=1))
+    try:
+        with pytest.raises(SAEFormatError, match="mlp_out.*resid_post"):
+            await MonitorRuntime.create(settings, store, setup_telemetry())
+    finally:
+        await store.close()
