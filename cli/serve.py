@@ -18,9 +18,9 @@ from latentguard.cli.common import (
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from latentguard.monitors.errors import MonitorError
     from latentguard.server.app import serve
     from latentguard.server.config import ConfigError, load_settings
-    from latentguard.monitors.errors import MonitorError
     from latentguard.server.store.private import UnsafeFolderError
 
     overrides = {k: v for k, v in {
