@@ -22,6 +22,7 @@ from opentelemetry.trace import Span as OtelSpan
 from torch import Tensor
 
 from latentguard.monitors.rules import Policy, RuleHit, RuleSession
+from latentguard.monitors.rules.signals import probe_scores
 from latentguard.server.errors import FailedPrecondition, InvalidArgument
 from latentguard.server.events import HitFound, RequestEnded, TokensSeen, VerdictGiven, Watchers
 from latentguard.server.records import AlertRecord, FeatureValue, TokenRecord, TraceRecord, utcnow
@@ -146,11 +147,7 @@ class StreamSession:
         enc = sae.encode_for_monitor(rows, idx, self.runtime.settings.top_k)
         selected = enc.selected[:, :rule_idx.numel()]
         watched_cols = {f: rule_idx.numel() + i for i, f in enumerate(watched)}
-        probe_values = None
-        if probes is not None and engine is not None:
-            probe_values = probes.score(
-                rows, selected[:, engine.probe_feature_columns] if probes.reads_features
-                else None)
+        probe_values = probe_scores(engine, probes, rows, selected) if engine is not None else None
         top_vals, top_idx = enc.topk_values.tolist(), enc.topk_indices.tolist()
         results = []
         for span in monitored:
