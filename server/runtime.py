@@ -15,6 +15,7 @@ from latentguard.monitors.catalog import FeatureCatalog
 from latentguard.monitors.errors import MonitorError, SAEFormatError
 from latentguard.monitors.probes import ProbeSet
 from latentguard.monitors.rules import Policy, Rule, RuleEngine
+from latentguard.monitors.rules.signals import rule_signals
 from latentguard.monitors.sae import SAE, load_sae
 from latentguard.server.config import Settings
 from latentguard.server.store import Store
@@ -71,21 +72,13 @@ class MonitorRuntime:
     def warm_up(self) -> None:
         """One encode, probe pass and rule step on blank rows, before the sidecar answers
         Ready: torch's first calls are slow, and a sync request must not pay for them."""
-        if self.sae is None:
+        if self.sae is None or self.engine is None:
             return
         rows = torch.zeros(8, self.sae.d_in)
-        engine = self.engine
-        idx = engine.signal_features if engine is not None else torch.empty(0, dtype=torch.long)
-        enc = self.sae.encode_for_monitor(rows, idx, self.settings.top_k)
-        if engine is None:
-            return
-        probe_values = None
-        if self.probes is not None:
-            probe_values = self.probes.score(
-                rows, enc.selected[:, engine.probe_feature_columns]
-                if self.probes.reads_features else None)
-        engine.new_session(self.default_policy()).step(enc.selected, probe_values,
-                                                       list(range(8)), [True] * 8)
+        self.sae.topk(rows, self.settings.top_k)
+        features, probes = rule_signals(self.sae, self.engine, self.probes, rows)
+        self.engine.new_session(self.default_policy()).step(features, probes, list(range(8)),
+                                                            [True] * 8)
 
     def _load_sae(self, path: Path) -> None:
         sae = load_sae(path)
