@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import yaml
 from pydantic import BaseModel
@@ -129,8 +130,19 @@ def calibrate(monitor: Monitor, signals: Signals, target_fpr: float, role: Role 
                                    rules=results)
 
 
+def _shorthand(cond: dict[str, Any]) -> dict[str, Any]:
+    """A condition as people write it: a lone signal without its ``signal:`` wrapper."""
+    if "signal" in cond:
+        return dict(cond["signal"])
+    return {k: [_shorthand(c) for c in v] for k, v in cond.items()}
+
+
 def dump_pack(pack: RulePack, header: str = "") -> str:
-    """YAML of the pack (defaults left out, names, order and policies kept)."""
-    body = yaml.safe_dump(pack.model_dump(mode="json", exclude_defaults=True),
-                          sort_keys=False, allow_unicode=True, width=100)
+    """YAML of the pack as a person would write it: defaults left out except each rule's scope
+    (which decides what it sees), signals in shorthand, names, order and policies kept."""
+    data = pack.model_dump(mode="json", exclude_defaults=True)
+    for raw, rule in zip(data.get("rules", []), pack.rules, strict=True):
+        raw["scope"] = rule.scope
+        raw["when"] = _shorthand(raw["when"])
+    body = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
     return "".join(f"# {line}\n" for line in header.splitlines()) + body
