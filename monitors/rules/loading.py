@@ -19,6 +19,10 @@ from latentguard.monitors.rules.schema import Policy, Rule, RulePack
 __all__ = ["load_rule_pack", "validate_policy", "validate_rule"]
 
 MAX_ERRORS = 20
+MAX_YAML_BYTES = 1 << 20
+"""Largest rule pack text accepted (1 MiB): a pack this size already holds thousands of rules."""
+MAX_YAML_DEPTH = 64
+"""Deepest nesting of mappings and sequences accepted (real packs nest fewer than ten)."""
 
 
 def load_rule_pack(text: str, source: str = "<string>") -> RulePack:
@@ -28,7 +32,12 @@ def load_rule_pack(text: str, source: str = "<string>") -> RulePack:
         RuleValidationError: on YAML syntax errors or invalid content; the message names
             ``source``, the line and the field.
     """
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_YAML_BYTES:
+        problem = f"the YAML is {size} bytes, more than the {MAX_YAML_BYTES} accepted"
+        raise RuleValidationError("", problem, source=source)
     try:
+        _check_events(text, source)
         data = yaml.safe_load(text)
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -47,6 +56,27 @@ def load_rule_pack(text: str, source: str = "<string>") -> RulePack:
         problem = f"a rule pack must be a mapping with 'rules' and 'policies', got {_kind(data)}"
         raise RuleValidationError("", problem, source=source, lines=[line])
     return _validate(RulePack, data, source=source, root=root)
+
+
+def _check_events(text: str, source: str) -> None:
+    """Refuses anchors, aliases and deep nesting before anything is built: an alias costs
+    nothing to write but is expanded on every use, so a few hundred bytes of nested aliases
+    build gigabytes (the "billion laughs"), and a rule pack never needs them."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        line = event.start_mark.line + 1 if event.start_mark is not None else None
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise RuleValidationError(
+                "", "YAML anchors and aliases (& and *) are not accepted in a rule pack",
+                source=source, lines=[line])
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise RuleValidationError(
+                    "", f"the YAML nests deeper than {MAX_YAML_DEPTH} levels", source=source,
+                    lines=[line])
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
 
 
 def validate_rule(data: dict[str, Any]) -> Rule:
