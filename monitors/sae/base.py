@@ -184,11 +184,13 @@ class SAE:
         """
         x = self.check_rows(x)
         norm = self.cfg.normalize_activations
+        scale: Tensor
         if norm == "constant_norm_rescale":
-            return x.norm(dim=-1, keepdim=True) / math.sqrt(self.d_in)
+            scale = x.norm(dim=-1, keepdim=True) / math.sqrt(self.d_in)
+            return scale
         if norm == "layer_norm":
-            std: Tensor = x.std(dim=-1, keepdim=True)
-            return std
+            scale = x.std(dim=-1, keepdim=True)
+            return scale
         return torch.ones(x.shape[0], 1, dtype=self.dtype, device=self.device)
 
     @torch.inference_mode()
