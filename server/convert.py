@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from latentguard import wire
-from latentguard.server.errors import InvalidArgument
+from latentguard.server.errors import InvalidArgument, check_length
 from latentguard.server.records import AlertRecord, ReviewRecord, TokenRecord, TraceRecord
 from latentguard.server.step import RequestClose, RequestOpen, Span, Step
 from latentguard.v1 import common_pb2, monitor_pb2, traces_pb2
@@ -53,6 +53,12 @@ def alert_proto(a: AlertRecord, consumer_group: str = "") -> traces_pb2.Alert:
                             consumer_group=consumer_group)
 
 
+MAX_TAG = 256
+MAX_POLICY = 128
+MAX_STEP_TEXT = 1_000_000
+"""Longest prompt or completion text a step may carry (the trace keeps it)."""
+
+
 def step_model(msg: monitor_pb2.StepBatch, d_in: int, d_sae: int) -> Step:
     """The step in domain types; InvalidArgument / ShapeError name what is wrong. Checks
     what one message can show (shapes, lengths, row ranges); `StreamSession` checks the rest
@@ -64,6 +70,10 @@ def step_model(msg: monitor_pb2.StepBatch, d_in: int, d_sae: int) -> Step:
         if not s.request_tag:
             raise InvalidArgument(f"started[{i}].request_tag: required",
                                   field=f"started[{i}].request_tag")
+        check_length(s.request_tag, f"started[{i}].request_tag", MAX_TAG)
+        check_length(s.policy, f"started[{i}].policy", MAX_POLICY)
+        check_length(s.model, f"started[{i}].model", MAX_TAG)
+        check_length(s.prompt_text, f"started[{i}].prompt_text", MAX_STEP_TEXT)
         steer = (wire.steer_model(s.steer, f"started[{i}].steer", d_sae)
                  if s.HasField("steer") else None)
         opened.append(RequestOpen(tag=s.request_tag, policy=s.policy, model=s.model,
@@ -72,6 +82,7 @@ def step_model(msg: monitor_pb2.StepBatch, d_in: int, d_sae: int) -> Step:
     spans, covered = [], 0
     for i, span in enumerate(msg.spans):
         n = len(span.positions)
+        check_length(span.request_tag, f"spans[{i}].request_tag", MAX_TAG)
         if n == 0:
             raise InvalidArgument(f"spans[{i}].positions: required (a span has at least one "
                                   "row)", field=f"spans[{i}].positions")
@@ -87,6 +98,10 @@ def step_model(msg: monitor_pb2.StepBatch, d_in: int, d_sae: int) -> Step:
                           prefill=span.prefill))
     if covered > n_rows:
         raise InvalidArgument(f"spans: {covered} rows claimed, {n_rows} sent", field="spans")
+    for i, e in enumerate(msg.finished):
+        check_length(e.request_tag, f"finished[{i}].request_tag", MAX_TAG)
+        check_length(e.finish_reason, f"finished[{i}].finish_reason", MAX_POLICY)
+        check_length(e.completion_text, f"finished[{i}].completion_text", MAX_STEP_TEXT)
     closed = [RequestClose(tag=e.request_tag, finish_reason=e.finish_reason,
                            completion_tokens=e.completion_tokens,
                            completion_text=e.completion_text, monitoring_gap=e.monitoring_gap)

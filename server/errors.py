@@ -22,6 +22,26 @@ from latentguard.monitors import errors as monitor_errors
 log = logging.getLogger(__name__)
 
 
+QUOTE_CHARS = 64
+"""How much of a caller's value an error message quotes: enough to recognise it, and short
+enough that a status never outgrows gRPC's metadata limit (which turns it into
+RESOURCE_EXHAUSTED)."""
+
+
+def quoted(value: object, limit: int = QUOTE_CHARS) -> str:
+    """``repr`` of a caller's value cut to ``limit`` characters (with "…"), for messages."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > limit:
+        return repr(text[:limit]) + "…"
+    return repr(text)
+
+
+def check_length(value: str, field: str, limit: int) -> None:
+    """Refuses a text field longer than ``limit`` characters with INVALID_ARGUMENT naming it."""
+    if len(value) > limit:
+        raise InvalidArgument(f"{field}: {len(value)} characters, at most {limit}", field=field)
+
+
 class ServerError(Exception):
     code = grpc.StatusCode.INTERNAL
 
@@ -79,7 +99,10 @@ def status_for(exc: Exception) -> tuple[grpc.StatusCode, str, list[tuple[str, st
 def rich_status(
     code: grpc.StatusCode, message: str, violations: list[tuple[str, str]]
 ) -> grpc.Status:
-    """A status whose details carry google.rpc.BadRequest field violations."""
+    """A status whose details carry google.rpc.BadRequest field violations; message and
+    violations are cut to MAX_MESSAGE characters, so no status outgrows gRPC's metadata."""
+    message = _cut(message)
+    violations = [(_cut(f), _cut(d)) for f, d in violations]
     detail = any_pb2.Any()
     detail.Pack(
         error_details_pb2.BadRequest(
@@ -93,6 +116,13 @@ def rich_status(
         code=getattr(code_pb2, code.name), message=message, details=[detail] if violations else []
     )
     return rpc_status.to_status(status)
+
+
+MAX_MESSAGE = 1000
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE] + "…"
 
 
 async def abort_with(context: grpc.aio.ServicerContext, exc: Exception) -> None:

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from latentguard.monitors.rules import Policy, RuleHit, RuleSession
 from latentguard.monitors.rules.signals import probe_scores
-from latentguard.server.errors import FailedPrecondition, InvalidArgument
+from latentguard.server.errors import FailedPrecondition, InvalidArgument, quoted
 from latentguard.server.events import HitFound, RequestEnded, TokensSeen, VerdictGiven, Watchers
 from latentguard.server.records import AlertRecord, FeatureValue, TokenRecord, TraceRecord, utcnow
 from latentguard.server.runtime import MonitorRuntime
@@ -88,22 +88,34 @@ class StreamSession:
 
     def check(self, step: Step) -> None:
         """What the step says about requests agrees with what this stream knows (the message's
-        own consistency was checked when it was converted)."""
+        own consistency was checked when it was converted). Runs before `open`, so a step
+        refused here changes nothing: no request opened, no span applied."""
         if self.runtime.sae is None:
             raise FailedPrecondition("no SAE loaded: set LATENTGUARD_SAE_PATH")
         new = [o.tag for o in step.opened]
+        seen: set[str] = set()
+        for i, tag in enumerate(new):
+            if tag in seen:
+                raise InvalidArgument(f"started[{i}].request_tag: {quoted(tag)} started twice "
+                                      "in this step", field=f"started[{i}].request_tag")
+            seen.add(tag)
         if len(self.requests) + len(new) > MAX_OPEN_REQUESTS:
             raise InvalidArgument(f"started: more than {MAX_OPEN_REQUESTS} open requests",
                                   field="started")
         known = set(self.requests) | set(new)
         for i, span in enumerate(step.spans):
             if span.tag not in known:
-                raise InvalidArgument(f"spans[{i}].request_tag: unknown request {span.tag!r} "
+                raise InvalidArgument(f"spans[{i}].request_tag: unknown request {quoted(span.tag)} "
                                       "(not started)", field=f"spans[{i}].request_tag")
+        ended: set[str] = set()
         for i, end in enumerate(step.closed):
             if end.tag not in known:
                 raise InvalidArgument(f"finished[{i}].request_tag: unknown request "
-                                      f"{end.tag!r}", field=f"finished[{i}].request_tag")
+                                      f"{quoted(end.tag)}", field=f"finished[{i}].request_tag")
+            if end.tag in ended:
+                raise InvalidArgument(f"finished[{i}].request_tag: {quoted(end.tag)} ended "
+                                      "twice in this step", field=f"finished[{i}].request_tag")
+            ended.add(end.tag)
 
     # ---- open -----------------------------------------------------------------------------
 

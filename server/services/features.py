@@ -38,8 +38,9 @@ class FeaturesService(features_pb2_grpc.FeaturesServicer):
         try:
             offset = int(request.page_token or 0)
         except ValueError:
-            raise InvalidArgument("page_token: not one this server issued",
-                                  field="page_token") from None
+            offset = -1
+        if offset < 0 or len(request.page_token) > 20:
+            raise InvalidArgument("page_token: not one this server issued", field="page_token")
         # Labelled features first-class: list the catalog's entries in index order.
         indexes = sorted(catalog.entries) if catalog is not None else []
         page = indexes[offset:offset + size]
@@ -62,6 +63,8 @@ class FeaturesService(features_pb2_grpc.FeaturesServicer):
                              context: grpc.aio.ServicerContext
                              ) -> features_pb2.SearchFeaturesResponse:
         _, catalog = self._sae()
+        if len(request.query) > 1000:
+            raise InvalidArgument("query: at most 1000 characters", field="query")
         if not request.query.strip():
             raise InvalidArgument("query: required", field="query")
         limit = request.limit or 20

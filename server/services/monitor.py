@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,6 +24,7 @@ from latentguard.server.errors import (
     ServerError,
     Unavailable,
     grpc_errors,
+    quoted,
     status_for,
 )
 from latentguard.server.events import (
@@ -77,7 +79,7 @@ class MonitorService(monitor_pb2_grpc.MonitorServicer):
             raise ServerError(f"hello.d_model: {hello.d_model} does not match the SAE's d_in "
                               f"{sae.d_in}", field="hello.d_model")
         if hello.hook_name and sae.hook_name and hello.hook_name != sae.hook_name:
-            raise ServerError(f"hello.hook_name: {hello.hook_name!r} but the SAE reads "
+            raise ServerError(f"hello.hook_name: {quoted(hello.hook_name)} but the SAE reads "
                               f"{sae.hook_name!r}", field="hello.hook_name")
         return monitor_pb2.MonitorReply(ready=monitor_pb2.Ready(
             sae_hook_name=sae.hook_name, layer=max(sae.layer, 0), d_model=sae.d_in,
@@ -235,8 +237,12 @@ class MonitorService(monitor_pb2_grpc.MonitorServicer):
             raise InvalidArgument("input: set prompt or chat", field="input")
         if request.max_tokens > MAX_TOKENS:
             raise InvalidArgument(f"max_tokens: at most {MAX_TOKENS}", field="max_tokens")
-        if request.temperature < 0:
-            raise InvalidArgument("temperature: must be >= 0", field="temperature")
+        if not math.isfinite(request.temperature) or not 0 <= request.temperature <= 100:
+            raise InvalidArgument("temperature: a number from 0 to 100", field="temperature")
+        if request.policy and len(request.policy) > 128:
+            raise InvalidArgument("policy: at most 128 characters", field="policy")
+        if kind == "prompt" and len(request.prompt) > MAX_TEXT:
+            raise InvalidArgument(f"prompt: at most {MAX_TEXT} characters", field="prompt")
         top_k = _top_k(request.top_k)
         tag = f"lg-gen-{uuid.uuid4().hex[:16]}"
         xargs: dict[str, Any] = {"latentguard_tag": tag}

@@ -2,26 +2,75 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import re
+from collections.abc import Callable, Iterator
 
 import grpc
 
 from latentguard import wire
-from latentguard.monitors.errors import MonitorError, RuleValidationError
+from latentguard.monitors.errors import MonitorError, RuleValidationError, UnknownFeatureError
 from latentguard.monitors.rules import (
+    Condition,
     Policy,
     Rule,
+    RulePack,
     load_rule_pack,
     validate_policy,
     validate_rule,
 )
 from latentguard.server.auth import Authenticator
-from latentguard.server.errors import FailedPrecondition, InvalidArgument, grpc_errors
+from latentguard.server.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    check_length,
+    grpc_errors,
+    quoted,
+)
 from latentguard.server.store import Store
 from latentguard.v1 import rules_pb2, rules_pb2_grpc
 
 #: Extra checks against the loaded SAE and probes (feature range, probe names); may raise.
 RuleChecker = Callable[[Rule], None]
+
+
+MAX_NAME = 128
+MAX_DESCRIPTION = 4096
+
+
+def _signal_paths(cond: Condition, path: str) -> Iterator[tuple[str, Condition]]:
+    """(field path as on the wire, condition) for every signal of a condition tree."""
+    if cond.signal is not None:
+        yield f"{path}.signal", cond
+    for kind, children in (("all", cond.all), ("any", cond.any)):
+        for i, child in enumerate(children or []):
+            yield from _signal_paths(child, f"{path}.{kind}[{i}]")
+
+
+def _unknown_field(rule: Rule, exc: UnknownFeatureError, prefix: str) -> str:
+    """The field an UnknownFeatureError from the rule engine is about, found from what it
+    names (the engine reports the value, not where it sits)."""
+    message = str(exc)
+    if m := re.search(r"steer feature (\d+) out of range", message):
+        steer = rule.action.steer
+        for i, f in enumerate(steer.features if steer is not None else []):
+            if f.feature == int(m.group(1)):
+                return f"{prefix}.action.steer.features[{i}].feature"
+    elif m := re.search(r"feature (\d+) out of range", message):
+        for path, cond in _signal_paths(rule.when, f"{prefix}.when"):
+            if cond.signal is not None and cond.signal.feature == int(m.group(1)):
+                return f"{path}.feature"
+    elif "unknown probe" in message:
+        for path, cond in _signal_paths(rule.when, f"{prefix}.when"):
+            if cond.signal is not None and cond.signal.probe is not None \
+                    and repr(cond.signal.probe) in message:
+                return f"{path}.probe"
+    return prefix
+
+
+def _check_text(msg: rules_pb2.Rule | rules_pb2.Policy, prefix: str) -> None:
+    check_length(msg.name, f"{prefix}.name", MAX_NAME)
+    check_length(msg.description, f"{prefix}.description", MAX_DESCRIPTION)
 
 
 def _prefixed(exc: RuleValidationError, prefix: str) -> RuleValidationError:
@@ -36,21 +85,41 @@ class RulesService(rules_pb2_grpc.RulesServicer):
         self._auth = auth
         self._checker = checker
 
+    def _check(self, rule: Rule, prefix: str) -> None:
+        """The loaded SAE's and probes' checks; their errors become RuleValidationErrors
+        naming the field."""
+        check = self._checker()
+        if check is None:
+            return
+        try:
+            check(rule)
+        except UnknownFeatureError as exc:
+            raise RuleValidationError(_unknown_field(rule, exc, prefix), str(exc)) from None
+
     def _validate_rule(self, msg: rules_pb2.Rule, prefix: str = "rule") -> Rule:
+        """Runs in a worker thread: validating and compiling a big rule is CPU work."""
         if not msg.name:
             raise InvalidArgument(f"{prefix}.name: required", field=f"{prefix}.name")
+        _check_text(msg, prefix)
         try:
             rule = validate_rule(wire.rule_dict(msg))
         except RuleValidationError as exc:
             raise _prefixed(exc, prefix) from None
-        check = self._checker()
-        if check is not None:
-            check(rule)
+        self._check(rule, prefix)
         return rule
+
+    def _validate_pack(self, text: str, source: str) -> RulePack:
+        """Parses and checks a YAML pack; runs in a worker thread, since a pack near the size
+        cap takes seconds, which on the event loop would stall every Monitor stream."""
+        pack = load_rule_pack(text, source=source)
+        for i, rule in enumerate(pack.rules):
+            self._check(rule, f"rules[{i}]")
+        return pack
 
     async def _validate_policy(self, msg: rules_pb2.Policy) -> Policy:
         if not msg.name:
             raise InvalidArgument("policy.name: required", field="policy.name")
+        _check_text(msg, "policy")
         try:
             policy = validate_policy(wire.policy_dict(msg))
         except RuleValidationError as exc:
@@ -58,7 +127,7 @@ class RulesService(rules_pb2_grpc.RulesServicer):
         known = {r.name for r in await self._store.rules.list()}
         for i, name in enumerate(policy.rules):
             if name != "*" and name not in known:
-                raise RuleValidationError(f"policy.rules[{i}]", f"unknown rule {name!r}")
+                raise RuleValidationError(f"policy.rules[{i}]", f"unknown rule {quoted(name)}")
         return policy
 
     @grpc_errors
@@ -84,16 +153,11 @@ class RulesService(rules_pb2_grpc.RulesServicer):
         kind = request.WhichOneof("input")
         try:
             if kind == "rule":
-                rules, policies = [self._validate_rule(request.rule)], []
+                rules, policies = [await asyncio.to_thread(self._validate_rule, request.rule)], []
             elif kind == "yaml":
-                pack = load_rule_pack(request.yaml, source=request.source or "<request>")
-                check = self._checker()
-                for i, rule in enumerate(pack.rules):
-                    if check is not None:
-                        try:
-                            check(rule)
-                        except MonitorError as exc:
-                            raise RuleValidationError(f"rules[{i}]", str(exc)) from None
+                check_length(request.source, "source", MAX_NAME)
+                pack = await asyncio.to_thread(self._validate_pack, request.yaml,
+                                               request.source or "<request>")
                 rules, policies = pack.rules, pack.policies
             else:
                 raise InvalidArgument("input: set either rule or yaml", field="input")
@@ -113,7 +177,7 @@ class RulesService(rules_pb2_grpc.RulesServicer):
     @grpc_errors
     async def PutRule(self, request: rules_pb2.PutRuleRequest,
                       context: grpc.aio.ServicerContext) -> rules_pb2.Rule:
-        rule = self._validate_rule(request.rule)
+        rule = await asyncio.to_thread(self._validate_rule, request.rule)
         expected = request.expected_version if request.HasField("expected_version") else None
         v = await self._store.rules.put(rule.name, rule.model_dump(mode="json"),
                                         expected_version=expected,
@@ -127,7 +191,7 @@ class RulesService(rules_pb2_grpc.RulesServicer):
                  if request.name in p.spec.get("rules", [])]
         if users:
             raise FailedPrecondition(
-                f"rule {request.name!r} is used by policies {', '.join(users)}; "
+                f"rule {quoted(request.name)} is used by policies {', '.join(users)}; "
                 "remove it from them first", field="name")
         expected = request.expected_version if request.HasField("expected_version") else None
         await self._store.rules.delete(request.name, expected_version=expected)

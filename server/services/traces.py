@@ -3,20 +3,38 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from latentguard import wire
 from latentguard.monitors.rules import severity_rank
 from latentguard.server import convert
 from latentguard.server.auth import Authenticator
-from latentguard.server.errors import InvalidArgument, grpc_errors
+from latentguard.server.errors import InvalidArgument, check_length, grpc_errors, quoted
 from latentguard.server.records import AlertRecord, ReviewRecord, TraceFilter
 from latentguard.server.store import Store
 from latentguard.server.store.alerts import CLAIM_IDLE_MS, group_for
 from latentguard.v1 import traces_pb2, traces_pb2_grpc
 
 MAX_NOTE = 10_000
+MAX_NAME = 256
+"""Longest reviewer, rule, consumer group or consumer name accepted."""
+MAX_TOKEN = 64
+
+
+def _time(request: traces_pb2.ListTracesRequest, field: str) -> datetime | None:
+    """The timestamp in ``field``, or None when unset; one past what datetime holds (years
+    1..9999) is the caller's mistake, not the server's."""
+    if not request.HasField(field):
+        return None
+    ts: Timestamp = getattr(request, field)
+    try:
+        return wire.from_timestamp(ts)
+    except (ValueError, OverflowError, OSError):
+        raise InvalidArgument(f"{field}: {ts.seconds} s is outside years 1..9999",
+                              field=field) from None
 
 
 class TracesService(traces_pb2_grpc.TracesServicer):
@@ -38,10 +56,10 @@ class TracesService(traces_pb2_grpc.TracesServicer):
                 raise InvalidArgument(f"status: unknown value {request.status}", field="status")
         if request.page_size > 1000:
             raise InvalidArgument("page_size: at most 1000", field="page_size")
+        check_length(request.rule, "rule", MAX_NAME)
+        check_length(request.page_token, "page_token", MAX_TOKEN)
         flt = TraceFilter.model_validate({
-            "start": wire.from_timestamp(request.start_time)
-            if request.HasField("start_time") else None,
-            "end": wire.from_timestamp(request.end_time) if request.HasField("end_time") else None,
+            "start": _time(request, "start_time"), "end": _time(request, "end_time"),
             "rule": request.rule, "min_severity": wire.SEVERITY.name(request.min_severity) or "",
             "status": status, "page_size": request.page_size or 50,
             "page_token": request.page_token,
@@ -68,6 +86,7 @@ class TracesService(traces_pb2_grpc.TracesServicer):
                                   field="label")
         if len(request.note) > MAX_NOTE:
             raise InvalidArgument(f"note: at most {MAX_NOTE} characters", field="note")
+        check_length(request.reviewer, "reviewer", MAX_NAME)
         reviewer = request.reviewer or self._auth.caller_name(context)
         if not reviewer:
             raise InvalidArgument("reviewer: required when the call carries no token",
@@ -82,6 +101,11 @@ class TracesService(traces_pb2_grpc.TracesServicer):
                            context: grpc.aio.ServicerContext) -> AsyncIterator[traces_pb2.Alert]:
         min_severity = wire.SEVERITY.name(request.min_severity) or "info"
         min_rank = severity_rank(min_severity)
+        check_length(request.consumer_group, "consumer_group", MAX_NAME)
+        check_length(request.consumer, "consumer", MAX_NAME)
+        check_length(request.after_id, "after_id", MAX_TOKEN)
+        for i, rule in enumerate(request.rules):
+            check_length(rule, f"rules[{i}]", MAX_NAME)
         rules = set(request.rules)
 
         def wanted(alert: AlertRecord) -> bool:
@@ -110,6 +134,7 @@ class TracesService(traces_pb2_grpc.TracesServicer):
         if not request.consumer_group:
             raise InvalidArgument("consumer_group: required (Alert.consumer_group)",
                                   field="consumer_group")
+        check_length(request.consumer_group, "consumer_group", MAX_NAME)
         if len(request.ids) > 1000:
             raise InvalidArgument("ids: at most 1000 per call", field="ids")
         acked = await self._store.alerts.ack(request.consumer_group, list(request.ids))
@@ -118,4 +143,5 @@ class TracesService(traces_pb2_grpc.TracesServicer):
 
 def _check_id(trace_id: str) -> None:
     if len(trace_id) != 25 or any(c not in "0123456789abcdef" for c in trace_id):
-        raise InvalidArgument(f"id: {trace_id!r} is not a trace id (25 hex digits)", field="id")
+        raise InvalidArgument(f"id: {quoted(trace_id)} is not a trace id (25 hex digits)",
+                              field="id")

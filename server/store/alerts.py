@@ -22,7 +22,7 @@ from typing import cast
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from latentguard.server.errors import InvalidArgument
+from latentguard.server.errors import InvalidArgument, quoted
 from latentguard.server.records import AlertRecord
 from latentguard.server.store.keys import Keys, text
 
@@ -50,8 +50,11 @@ def group_for(group: str, min_severity: str = "", rules: Sequence[str] = ()) -> 
 
 
 def _valid_id(stream_id: str) -> bool:
+    """Two decimal parts that each fit Redis's 64-bit halves (a longer one is refused by
+    Redis with an error, which is the caller's mistake, not the server's)."""
     head, _, tail = stream_id.partition("-")
-    return head.isdigit() and (tail == "" or tail.isdigit())
+    return (head.isascii() and head.isdigit() and int(head) < 2**64
+            and (tail == "" or (tail.isascii() and tail.isdigit() and int(tail) < 2**64)))
 
 
 class AlertStream:
@@ -83,7 +86,7 @@ class AlertStream:
     async def follow(self, after_id: str = "") -> AsyncIterator[AlertRecord]:
         """Every alert after `after_id` ("" = only new ones, "0" = all kept), forever."""
         if after_id and not _valid_id(after_id):
-            raise InvalidArgument(f"after_id {after_id!r} is not a stream id like 1700000-0",
+            raise InvalidArgument(f"after_id {quoted(after_id)} is not a stream id like 1700000-0",
                                   field="after_id")
         last = after_id or "$"
         if last == "$":

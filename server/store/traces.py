@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 import redis.asyncio as aioredis
 
 from latentguard.monitors.rules import severity_rank
-from latentguard.server.errors import InvalidArgument, NotFound
+from latentguard.server.errors import InvalidArgument, NotFound, quoted
 from latentguard.server.records import (
     ReviewRecord,
     TokenRecord,
@@ -81,7 +81,7 @@ class TraceStore:
             pipe.lrange(self._keys.trace_reviews(trace_id), 0, -1)
             fields, reviews = await pipe.execute()
         if b"summary" not in fields:
-            raise NotFound(f"no trace with id {trace_id!r} (unknown or past retention)",
+            raise NotFound(f"no trace with id {quoted(trace_id)} (unknown or past retention)",
                            field="id")
         record = TraceRecord.model_validate_json(fields[b"summary"])
         tokens = json.loads(zlib.decompress(fields[b"detail"]))
@@ -94,7 +94,7 @@ class TraceStore:
     async def review(self, trace_id: str, review: ReviewRecord) -> TraceRecord:
         key = self._keys.trace(trace_id)
         if not await self._r.hexists(key, "summary"):
-            raise NotFound(f"no trace with id {trace_id!r} (unknown or past retention)",
+            raise NotFound(f"no trace with id {quoted(trace_id)} (unknown or past retention)",
                            field="id")
         ttl = await self._r.ttl(key)
         async with self._r.pipeline(transaction=True) as pipe:
