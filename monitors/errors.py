@@ -10,7 +10,9 @@ map errors to gRPC status codes in one place:
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "MonitorError",
@@ -62,6 +64,13 @@ class RuleValidationError(MonitorError):
         if len(self.lines) != len(self.errors):
             raise ValueError("lines and errors must have the same length")
         super().__init__(str(self))
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        """Pickles with every field (rule packs are parsed in a worker process, whose errors
+        come back pickled); the default would call ``__init__`` with the message alone."""
+        rebuild = functools.partial(RuleValidationError, errors=self.errors, source=self.source,
+                                    lines=self.lines)
+        return rebuild, (self.field, self.problem)
 
     @property
     def line(self) -> int | None:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import re
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
 
 import grpc
 
@@ -14,15 +18,16 @@ from latentguard.monitors.rules import (
     Condition,
     Policy,
     Rule,
-    RulePack,
     load_rule_pack,
     validate_policy,
     validate_rule,
 )
+from latentguard.monitors.rules.loading import MAX_YAML_BYTES
 from latentguard.server.auth import Authenticator
 from latentguard.server.errors import (
     FailedPrecondition,
     InvalidArgument,
+    Unavailable,
     check_length,
     grpc_errors,
     quoted,
@@ -36,6 +41,55 @@ RuleChecker = Callable[[Rule], None]
 
 MAX_NAME = 128
 MAX_DESCRIPTION = 4096
+IN_PROCESS_YAML = 64 * 1024
+"""Packs up to this many characters are parsed in a thread; larger ones in a worker process,
+since parsing holds the GIL: a 1 MiB pack parsed in a thread delays every Monitor step by
+hundreds of milliseconds."""
+
+_pool: ProcessPoolExecutor | None = None
+
+
+def _parser_pool() -> ProcessPoolExecutor:
+    """One worker process for large packs, started on first use (spawned: forking a process
+    that runs gRPC threads is unsafe)."""
+    global _pool
+    if _pool is None:
+        _pool = ProcessPoolExecutor(max_workers=1,
+                                    mp_context=multiprocessing.get_context("spawn"))
+    return _pool
+
+
+Specs = tuple[list[dict[str, Any]], list[dict[str, Any]]]
+
+
+def _pack_specs(text: str, source: str) -> Specs:
+    """The worker process's part: the pack parsed and validated, as plain data (unpickling
+    thousands of pydantic models is one long call that holds the GIL; plain dicts are not)."""
+    pack = load_rule_pack(text, source)
+    return ([r.model_dump(mode="json") for r in pack.rules],
+            [p.model_dump(mode="json") for p in pack.policies])
+
+
+def _from_specs(specs: Specs) -> tuple[list[Rule], list[Policy]]:
+    """Models again, one small call each (already validated as a pack in the worker)."""
+    rules, policies = specs
+    return ([Rule.model_validate(r) for r in rules],
+            [Policy.model_validate(p) for p in policies])
+
+
+async def parse_pack(text: str, source: str) -> tuple[list[Rule], list[Policy]]:
+    """`load_rule_pack` off the event loop, and for large packs off this process's GIL."""
+    if len(text) <= IN_PROCESS_YAML or len(text) > MAX_YAML_BYTES:  # small, or refused at once
+        pack = await asyncio.to_thread(load_rule_pack, text, source)
+        return pack.rules, pack.policies
+    global _pool
+    try:
+        specs = await asyncio.get_running_loop().run_in_executor(
+            _parser_pool(), _pack_specs, text, source)
+    except BrokenProcessPool:
+        _pool = None
+        raise Unavailable("the rule pack parser stopped; try again") from None
+    return await asyncio.to_thread(_from_specs, specs)
 
 
 def _signal_paths(cond: Condition, path: str) -> Iterator[tuple[str, Condition]]:
@@ -108,13 +162,15 @@ class RulesService(rules_pb2_grpc.RulesServicer):
         self._check(rule, prefix)
         return rule
 
-    def _validate_pack(self, text: str, source: str) -> RulePack:
-        """Parses and checks a YAML pack; runs in a worker thread, since a pack near the size
-        cap takes seconds, which on the event loop would stall every Monitor stream."""
-        pack = load_rule_pack(text, source=source)
-        for i, rule in enumerate(pack.rules):
+    def _checked_pack(self, rules: list[Rule], policies: list[Policy]
+                      ) -> rules_pb2.ValidateRuleResponse:
+        """Checks a parsed pack against the SAE and builds the answer; runs in a worker thread,
+        since for a pack near the size cap both take a while."""
+        for i, rule in enumerate(rules):
             self._check(rule, f"rules[{i}]")
-        return pack
+        return rules_pb2.ValidateRuleResponse(
+            valid=True, rules=[wire.rule_proto(r) for r in rules],
+            policies=[wire.policy_proto(p) for p in policies])
 
     async def _validate_policy(self, msg: rules_pb2.Policy) -> Policy:
         if not msg.name:
@@ -156,9 +212,8 @@ class RulesService(rules_pb2_grpc.RulesServicer):
                 rules, policies = [await asyncio.to_thread(self._validate_rule, request.rule)], []
             elif kind == "yaml":
                 check_length(request.source, "source", MAX_NAME)
-                pack = await asyncio.to_thread(self._validate_pack, request.yaml,
-                                               request.source or "<request>")
-                rules, policies = pack.rules, pack.policies
+                rules, policies = await parse_pack(request.yaml, request.source or "<request>")
+                return await asyncio.to_thread(self._checked_pack, rules, policies)
             else:
                 raise InvalidArgument("input: set either rule or yaml", field="input")
         except RuleValidationError as exc:
