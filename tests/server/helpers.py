@@ -86,3 +86,17 @@ def signal_rule(name: str, feature: int = 3, threshold: float = 1.0) -> rules_pb
         when=rules_pb2.Condition(signal=rules_pb2.Signal(feature=feature, threshold=threshold)),
         action=rules_pb2.Action(type=common_pb2.ACTION_TYPE_ALERT),
     )
+
+
+def violations(err: grpc.RpcError) -> list[tuple[str, str]]:
+    """The google.rpc.BadRequest field violations a failed call carries."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]  # a failed call is a Call
+    out = []
+    for detail in status.details if status is not None else []:
+        bad = error_details_pb2.BadRequest()
+        detail.Unpack(bad)
+        out += [(v.field, v.description) for v in bad.field_violations]
+    return out
