@@ -127,7 +127,9 @@ def _validate(model: type[M], data: dict[str, Any], *, source: str, root: yaml.N
 def _problem(err: ErrorDetails) -> str:
     msg = str(err["msg"])
     if err["type"] == "extra_forbidden":
-        return f"unknown key {err['loc'][-1]!r} (not permitted)"
+        key = str(err["loc"][-1])
+        shown = repr(key[:64]) + ("…" if len(key) > 64 else "")  # a key may be megabytes long
+        return f"unknown key {shown} (not permitted)"
     return msg.removeprefix("Value error, ")
 
 
