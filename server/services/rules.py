@@ -207,9 +207,11 @@ class RulesService(rules_pb2_grpc.RulesServicer):
     async def ValidateRule(self, request: rules_pb2.ValidateRuleRequest,
                            context: grpc.aio.ServicerContext) -> rules_pb2.ValidateRuleResponse:
         kind = request.WhichOneof("input")
+        rules: list[Rule]
+        policies: list[Policy] = []
         try:
             if kind == "rule":
-                rules, policies = [await asyncio.to_thread(self._validate_rule, request.rule)], []
+                rules = [await asyncio.to_thread(self._validate_rule, request.rule)]
             elif kind == "yaml":
                 check_length(request.source, "source", MAX_NAME)
                 rules, policies = await parse_pack(request.yaml, request.source or "<request>")
