@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from latentguard.monitors.rules import load_rule_pack
 from latentguard.server.auth import Authenticator, AuthInterceptor
 from latentguard.server.config import Settings
+from latentguard.server.decoding import DecodeInterceptor
 from latentguard.server.events import Watchers
 from latentguard.server.runtime import MonitorRuntime, sae_rules_file
 from latentguard.server.services.features import FeaturesService
@@ -94,7 +95,7 @@ class Sidecar:
 
         max_bytes = s.max_message_mb * 1024 * 1024
         server = grpc.aio.server(
-            interceptors=[AuthInterceptor(self.auth)],
+            interceptors=[AuthInterceptor(self.auth), DecodeInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", max_bytes),
                 ("grpc.max_send_message_length", max_bytes),
