@@ -24,7 +24,7 @@ import yaml
 
 from latentguard.cli.client import connect
 from latentguard.cli.launcher import grpc_serving, wait_until
-from latentguard.monitors.rules import load_rule_pack
+from latentguard.monitors.rules import dump_rule_pack, load_rule_pack
 from latentguard.v1 import traces_pb2
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def alerting(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_pack(data: dict[str, Any], out: Path) -> Path:
-    out.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    out.write_text(dump_rule_pack(data), encoding="utf-8")
     return out
 
 

@@ -24,7 +24,7 @@ import yaml
 
 from latentguard.monitors.catalog import FeatureCatalog
 from latentguard.monitors.probes import ProbeSet
-from latentguard.monitors.rules import load_rule_pack
+from latentguard.monitors.rules import dump_rule_pack, load_rule_pack
 from latentguard.monitors.sae import load_sae
 
 POLICIES = [
@@ -70,8 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.copy2(f, probes / f.name)
         if (folder / "features.json").is_file():
             merge_catalog(catalog, json.loads((folder / "features.json").read_text())["features"])
-    text = "\n".join(header) + "\n" + yaml.safe_dump(
-        {"rules": rules, "policies": POLICIES}, sort_keys=False, width=100, allow_unicode=True)
+    text = "\n".join(header) + "\n" + dump_rule_pack({"rules": rules, "policies": POLICIES})
     load_rule_pack(text, source="rules.yaml")
     probe_set = ProbeSet.load(probes, d_in=sae.d_in, d_sae=sae.d_sae)
     (args.sae / "rules.yaml").write_text(text, "utf-8")

@@ -15,7 +15,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import yaml
 from pydantic import BaseModel
 from torch import Tensor
 
@@ -27,7 +26,7 @@ from latentguard.lab.evaluation import (
     compile_rules,
     in_scope,
 )
-from latentguard.monitors.rules import Rule, RuleEngine, RulePack, signal_series
+from latentguard.monitors.rules import Rule, RuleEngine, RulePack, dump_rule_pack, signal_series
 
 __all__ = ["CalibrationReport", "RuleCalibration", "calibrate", "dump_pack"]
 
@@ -144,5 +143,5 @@ def dump_pack(pack: RulePack, header: str = "") -> str:
     for raw, rule in zip(data.get("rules", []), pack.rules, strict=True):
         raw["scope"] = rule.scope
         raw["when"] = _shorthand(raw["when"])
-    body = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+    body = dump_rule_pack(data)
     return "".join(f"# {line}\n" for line in header.splitlines()) + body

@@ -2,7 +2,12 @@
 
 from latentguard.monitors.rules.engine import RuleEngine
 from latentguard.monitors.rules.hits import Evidence, RuleHit
-from latentguard.monitors.rules.loading import load_rule_pack, validate_policy, validate_rule
+from latentguard.monitors.rules.loading import (
+    dump_rule_pack,
+    load_rule_pack,
+    validate_policy,
+    validate_rule,
+)
 from latentguard.monitors.rules.schema import (
     NAME_PATTERN,
     SEVERITY_ORDER,
@@ -40,6 +45,7 @@ __all__ = [
     "Steer",
     "SteerFeature",
     "Window",
+    "dump_rule_pack",
     "load_rule_pack",
     "probe_scores",
     "rule_signals",

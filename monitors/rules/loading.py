@@ -7,6 +7,7 @@ YAML node tree along the error's path) and the dotted field path as the user wro
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import yaml
@@ -16,7 +17,7 @@ from pydantic_core import ErrorDetails
 from latentguard.monitors.errors import RuleValidationError
 from latentguard.monitors.rules.schema import Policy, Rule, RulePack
 
-__all__ = ["load_rule_pack", "validate_policy", "validate_rule"]
+__all__ = ["dump_rule_pack", "load_rule_pack", "validate_policy", "validate_rule"]
 
 MAX_ERRORS = 20
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -25,6 +26,20 @@ MAX_YAML_BYTES = 1 << 20
 """Largest rule pack text accepted (1 MiB): a pack this size already holds thousands of rules."""
 MAX_YAML_DEPTH = 64
 """Deepest nesting of mappings and sequences accepted (real packs nest fewer than ten)."""
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """Writes a repeated value out in full: the loader refuses anchors and aliases."""
+
+    def ignore_aliases(self, data: object) -> bool:
+        return True
+
+
+def dump_rule_pack(data: Mapping[str, Any], *, width: int = 100) -> str:
+    """YAML of a rule pack's plain data that `load_rule_pack` reads back (no aliases, which
+    PyYAML writes for any value that appears twice)."""
+    return yaml.dump(dict(data), Dumper=_PlainDumper, sort_keys=False, allow_unicode=True,
+                     width=width)
 
 
 def load_rule_pack(text: str, source: str = "<string>") -> RulePack:

@@ -141,3 +141,14 @@ def test_deeply_nested_condition_gives_validation_error_not_crash():
     text = "rules:\n  - name: deep\n    when: " + inner
     with pytest.raises(RuleValidationError):
         load_rule_pack(text, "deep.yaml")
+
+
+def test_a_dumped_pack_with_repeated_values_loads_back() -> None:
+    """PyYAML writes an anchor for a value that appears twice, which the loader refuses:
+    dump_rule_pack writes it out in full instead."""
+    from latentguard.monitors.rules import dump_rule_pack
+
+    when = {"feature": 3, "threshold": 1.0}
+    data = {"rules": [{"name": "a", "when": when}, {"name": "b", "when": when}]}
+    pack = load_rule_pack(dump_rule_pack(data))
+    assert [r.name for r in pack.rules] == ["a", "b"]
