@@ -9,7 +9,7 @@ and the rows are renormalised after it. Tensors use the SAELens layout (``W_enc 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -62,15 +62,33 @@ class TopKTrainee(nn.Module):
     def forward(
         self, x: Tensor, dead_mask: Tensor | None = None, k_aux: int | None = None
     ) -> ForwardOutput:
-        pre = self.pre_acts(x)
-        values, indices = pre.topk(self.k, dim=-1, sorted=False)
-        acts = values.relu()
-        recon = self.decode(acts, indices) + self.b_dec
+        xc = x - self.b_dec
+        # The dense pre-activations only choose the features that take part; their values are
+        # then gathered by `_SelectedPreActs`, whose backward is sparse. The dense encoder
+        # gradient (xc^T @ dL/dpre, [d_in, d_sae]) cost more than the rest of a step, and all
+        # but k (+ k_aux) entries of each row of dL/dpre are zero.
+        with torch.no_grad():
+            pre = torch.addmm(self.b_enc, xc, self.W_enc)
+            indices = pre.topk(self.k, dim=-1, sorted=False).indices
+            num_dead = int(dead_mask.sum()) if dead_mask is not None else 0
+            k_aux = k_aux or self.d_in // 2
+            n_aux = min(k_aux, num_dead)
+            if dead_mask is not None and n_aux:
+                dead_pre = torch.where(dead_mask[None], pre, torch.finfo(pre.dtype).min)
+                aux_indices = dead_pre.topk(n_aux, dim=-1, sorted=False).indices
+                indices = torch.cat([indices, aux_indices], dim=1)
+        selected = _SelectedPreActs.apply(xc, self.W_enc, self.b_enc, indices, pre)
+        acts, top_indices = selected[:, :self.k].relu(), indices[:, :self.k]
+        recon = self.decode(acts, top_indices) + self.b_dec
         err = x - recon
         total_variance = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
         fvu = err.pow(2).sum() / total_variance
-        auxk = auxk_loss(self, pre, err, dead_mask, k_aux or self.d_in // 2, total_variance)
-        return ForwardOutput(recon, acts, indices, fvu, auxk)
+        auxk = x.new_zeros(())
+        if n_aux:
+            # `auxk_loss` on the gathered values (the same loss, see there).
+            e_hat = self.decode(selected[:, self.k:].relu(), indices[:, self.k:])
+            auxk = min(num_dead / k_aux, 1.0) * (e_hat - err.detach()).pow(2).sum() / total_variance
+        return ForwardOutput(recon, acts, top_indices, fvu, auxk)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
@@ -84,6 +102,41 @@ class TopKTrainee(nn.Module):
             return
         parallel = (self.W_dec.grad * self.W_dec).sum(dim=1, keepdim=True)
         self.W_dec.grad -= parallel * self.W_dec
+
+
+class _SelectedPreActs(torch.autograd.Function):
+    """``pre.gather(1, indices)`` for ``pre = b_enc + xc @ W_enc``, with a sparse backward.
+
+    Forward reuses the dense ``pre`` (computed without a graph to choose ``indices``). Backward
+    sends each selected entry's gradient only to its own encoder column and bias entry, and to
+    ``xc`` through those columns: O(n * m * d_in) instead of O(n * d_sae * d_in) for m selected
+    entries per row, equal to the dense gradient (the other entries' gradients are zero).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, xc: Tensor, w_enc: Tensor, b_enc: Tensor, indices: Tensor,
+                pre: Tensor) -> Tensor:
+        ctx.save_for_backward(xc, w_enc, indices)
+        ctx.d_sae = b_enc.shape[0]
+        return pre.gather(1, indices)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        xc, w_enc, indices = ctx.saved_tensors
+        n, m = indices.shape
+        flat_idx, flat_grad = indices.flatten(), grad.flatten()
+        grad_xc = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_xc = F.embedding_bag(indices, w_enc.t().contiguous(), per_sample_weights=grad,
+                                      mode="sum")
+        if ctx.needs_input_grad[1]:
+            rows = torch.arange(n, device=xc.device).repeat_interleave(m)
+            sparse = torch.sparse_coo_tensor(torch.stack([flat_idx, rows]), flat_grad,
+                                             (ctx.d_sae, n), check_invariants=False)
+            grad_w = torch.sparse.mm(sparse, xc).t()
+        if ctx.needs_input_grad[2]:
+            grad_b = grad.new_zeros(ctx.d_sae).index_add_(0, flat_idx, flat_grad)
+        return grad_xc, grad_w, grad_b, None, None
 
 
 def auxk_loss(
