@@ -97,7 +97,26 @@ class ShapeError(MonitorError):
 
 
 class UnknownFeatureError(MonitorError):
-    """A feature index is out of range for the SAE, or a probe name is unknown."""
+    """A feature index is out of range for the SAE, or a probe name is unknown.
+
+    ``field`` is the dotted path of the offending value where the raiser knows it, relative to
+    what it was given (the rule engine names the rule's field, such as
+    ``when.all[1].signal.feature`` or ``action.steer.features[0].feature``, and the rule in
+    ``rule``); "" when the problem is not tied to one field. ``problem`` says what is wrong.
+    """
+
+    def __init__(self, problem: str, *, field: str = "", rule: str = "") -> None:
+        self.problem = problem
+        self.field = field
+        self.rule = rule
+        where = f"rule {rule!r}: " if rule else ""
+        super().__init__(where + (f"{field}: {problem}" if field else problem))
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        """Pickles with its field and rule (the default would pass the whole message as the
+        problem and drop both)."""
+        rebuild = functools.partial(UnknownFeatureError, field=self.field, rule=self.rule)
+        return rebuild, (self.problem,)
 
 
 class NotFoundError(MonitorError):

@@ -90,6 +90,8 @@ def status_for(exc: Exception) -> tuple[grpc.StatusCode, str, list[tuple[str, st
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc), list(exc.errors)
     if isinstance(exc, monitor_errors.ShapeError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc), [(exc.field, exc.problem)]
+    if isinstance(exc, monitor_errors.UnknownFeatureError) and exc.field:
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc), [(exc.field, exc.problem)]
     for cls, code in _MONITOR_CODES.items():
         if isinstance(exc, cls):
             return code, str(exc), []

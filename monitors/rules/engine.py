@@ -138,19 +138,18 @@ class RuleEngine:
 
 
 def _check_rule(rule: Rule, d_sae: int | None, probe_cols: dict[str, int]) -> None:
-    for s in rule.when.signals():
+    """Refuses a feature the SAE lacks or a probe not loaded, with the rule's field path."""
+    for path, s in rule.when.signal_paths("when"):
         if s.feature is not None and d_sae is not None and s.feature >= d_sae:
-            raise UnknownFeatureError(
-                f"rule {rule.name!r}: feature {s.feature} out of range (the SAE has {d_sae})"
-            )
+            raise UnknownFeatureError(f"feature {s.feature} out of range (the SAE has {d_sae})",
+                                      field=f"{path}.feature", rule=rule.name)
         if s.probe is not None and s.probe not in probe_cols:
             known = ", ".join(sorted(probe_cols)) or "none"
-            raise UnknownFeatureError(
-                f"rule {rule.name!r}: unknown probe {s.probe!r} (loaded: {known})"
-            )
+            raise UnknownFeatureError(f"unknown probe {s.probe!r} (loaded: {known})",
+                                      field=f"{path}.probe", rule=rule.name)
     steer = rule.action.steer
-    for f in steer.features if steer is not None else []:
+    for i, f in enumerate(steer.features if steer is not None else []):
         if d_sae is not None and f.feature >= d_sae:
             raise UnknownFeatureError(
-                f"rule {rule.name!r}: steer feature {f.feature} out of range (the SAE has {d_sae})"
-            )
+                f"steer feature {f.feature} out of range (the SAE has {d_sae})",
+                field=f"action.steer.features[{i}].feature", rule=rule.name)

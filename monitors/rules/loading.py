@@ -17,7 +17,7 @@ from pydantic_core import ErrorDetails
 from latentguard.monitors.errors import RuleValidationError
 from latentguard.monitors.rules.schema import Policy, Rule, RulePack
 
-__all__ = ["dump_rule_pack", "load_rule_pack", "validate_policy", "validate_rule"]
+__all__ = ["dump_rule_pack", "load_rule_pack", "locate", "validate_policy", "validate_rule"]
 
 MAX_ERRORS = 20
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -77,6 +77,34 @@ def load_rule_pack(text: str, source: str = "<string>") -> RulePack:
         problem = f"a rule pack must be a mapping with 'rules' and 'policies', got {_kind(data)}"
         raise RuleValidationError("", problem, source=source, lines=[line])
     return _validate(RulePack, data, source=source, root=root)
+
+
+def locate(text: str, field: str) -> tuple[str, int | None]:
+    """A model field path of a pack ``load_rule_pack`` accepted (``rules[2].when.signal.feature``)
+    as the user wrote it (``rules[2].when.feature`` where the shorthand left out ``signal:``),
+    with its 1-based line: for problems found after parsing, such as a feature the SAE lacks."""
+    loader = _Loader(text)
+    try:
+        root = loader.get_single_node()
+    finally:
+        loader.dispose()
+    segments: list[int | str] = []
+    node = root
+    for seg in _parse_dotted(field):
+        if seg == "signal" and isinstance(node, yaml.MappingNode) \
+                and not any(isinstance(k, yaml.ScalarNode) and k.value == "signal"
+                            for k, _ in node.value):
+            continue  # shorthand: the signal's keys sit directly in the condition
+        segments.append(seg)
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value
+                         if isinstance(k, yaml.ScalarNode) and k.value == str(seg)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(seg, int) \
+                and 0 <= seg < len(node.value):
+            node = node.value[seg]
+        else:
+            node = None
+    return _dotted(segments), _line(root, segments)
 
 
 def _check_events(text: str, source: str) -> None:

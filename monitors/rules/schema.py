@@ -129,11 +129,18 @@ class Condition(_Model):
 
     def signals(self) -> list[Signal]:
         """All signals in this condition tree, depth first."""
+        return [s for _, s in self.signal_paths()]
+
+    def signal_paths(self, path: str = "") -> list[tuple[str, Signal]]:
+        """(dotted field path, signal) for every signal in this tree, depth first; paths are
+        ``path`` followed by ``signal``, ``all[1].signal``, ``any[0].all[2].signal``, ..."""
+        at = f"{path}." if path else ""
         if self.signal is not None:
-            return [self.signal]
-        out: list[Signal] = []
-        for child in self.all or self.any or []:
-            out.extend(child.signals())
+            return [(f"{at}signal", self.signal)]
+        kind = "all" if self.all is not None else "any"
+        out: list[tuple[str, Signal]] = []
+        for i, child in enumerate(self.all or self.any or []):
+            out.extend(child.signal_paths(f"{at}{kind}[{i}]"))
         return out
 
 

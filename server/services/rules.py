@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -15,14 +14,13 @@ import grpc
 from latentguard import wire
 from latentguard.monitors.errors import MonitorError, RuleValidationError, UnknownFeatureError
 from latentguard.monitors.rules import (
-    Condition,
     Policy,
     Rule,
     load_rule_pack,
     validate_policy,
     validate_rule,
 )
-from latentguard.monitors.rules.loading import MAX_YAML_BYTES
+from latentguard.monitors.rules.loading import MAX_YAML_BYTES, locate
 from latentguard.server.auth import Authenticator
 from latentguard.server.errors import (
     FailedPrecondition,
@@ -92,36 +90,6 @@ async def parse_pack(text: str, source: str) -> tuple[list[Rule], list[Policy]]:
     return await asyncio.to_thread(_from_specs, specs)
 
 
-def _signal_paths(cond: Condition, path: str) -> Iterator[tuple[str, Condition]]:
-    """(field path as on the wire, condition) for every signal of a condition tree."""
-    if cond.signal is not None:
-        yield f"{path}.signal", cond
-    for kind, children in (("all", cond.all), ("any", cond.any)):
-        for i, child in enumerate(children or []):
-            yield from _signal_paths(child, f"{path}.{kind}[{i}]")
-
-
-def _unknown_field(rule: Rule, exc: UnknownFeatureError, prefix: str) -> str:
-    """The field an UnknownFeatureError from the rule engine is about, found from what it
-    names (the engine reports the value, not where it sits)."""
-    message = str(exc)
-    if m := re.search(r"steer feature (\d+) out of range", message):
-        steer = rule.action.steer
-        for i, f in enumerate(steer.features if steer is not None else []):
-            if f.feature == int(m.group(1)):
-                return f"{prefix}.action.steer.features[{i}].feature"
-    elif m := re.search(r"feature (\d+) out of range", message):
-        for path, cond in _signal_paths(rule.when, f"{prefix}.when"):
-            if cond.signal is not None and cond.signal.feature == int(m.group(1)):
-                return f"{path}.feature"
-    elif "unknown probe" in message:
-        for path, cond in _signal_paths(rule.when, f"{prefix}.when"):
-            if cond.signal is not None and cond.signal.probe is not None \
-                    and repr(cond.signal.probe) in message:
-                return f"{path}.probe"
-    return prefix
-
-
 def _check_text(msg: rules_pb2.Rule | rules_pb2.Policy, prefix: str) -> None:
     check_length(msg.name, f"{prefix}.name", MAX_NAME)
     check_length(msg.description, f"{prefix}.description", MAX_DESCRIPTION)
@@ -148,7 +116,8 @@ class RulesService(rules_pb2_grpc.RulesServicer):
         try:
             check(rule)
         except UnknownFeatureError as exc:
-            raise RuleValidationError(_unknown_field(rule, exc, prefix), str(exc)) from None
+            field = f"{prefix}.{exc.field}" if exc.field else prefix
+            raise RuleValidationError(field, exc.problem) from None
 
     def _validate_rule(self, msg: rules_pb2.Rule, prefix: str = "rule") -> Rule:
         """Runs in a worker thread: validating and compiling a big rule is CPU work."""
@@ -162,12 +131,18 @@ class RulesService(rules_pb2_grpc.RulesServicer):
         self._check(rule, prefix)
         return rule
 
-    def _checked_pack(self, rules: list[Rule], policies: list[Policy]
+    def _checked_pack(self, rules: list[Rule], policies: list[Policy], text: str, source: str
                       ) -> rules_pb2.ValidateRuleResponse:
         """Checks a parsed pack against the SAE and builds the answer; runs in a worker thread,
-        since for a pack near the size cap both take a while."""
+        since for a pack near the size cap both take a while. A problem names the field as
+        the pack's text wrote it, and its line."""
         for i, rule in enumerate(rules):
-            self._check(rule, f"rules[{i}]")
+            try:
+                self._check(rule, f"rules[{i}]")
+            except RuleValidationError as exc:
+                field, line = locate(text, exc.field)
+                raise RuleValidationError(field, exc.problem, source=source,
+                                          lines=[line]) from None
         return rules_pb2.ValidateRuleResponse(
             valid=True, rules=[wire.rule_proto(r) for r in rules],
             policies=[wire.policy_proto(p) for p in policies])
@@ -214,8 +189,10 @@ class RulesService(rules_pb2_grpc.RulesServicer):
                 rules = [await asyncio.to_thread(self._validate_rule, request.rule)]
             elif kind == "yaml":
                 check_length(request.source, "source", MAX_NAME)
-                rules, policies = await parse_pack(request.yaml, request.source or "<request>")
-                return await asyncio.to_thread(self._checked_pack, rules, policies)
+                source = request.source or "<request>"
+                rules, policies = await parse_pack(request.yaml, source)
+                return await asyncio.to_thread(self._checked_pack, rules, policies,
+                                               request.yaml, source)
             else:
                 raise InvalidArgument("input: set either rule or yaml", field="input")
         except RuleValidationError as exc:

@@ -146,6 +146,55 @@ def test_put_rule_names_the_field_the_sae_lacks(sidecar: RunningSidecar) -> None
     assert info.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
 
 
+def test_validate_rule_names_the_field_the_sae_lacks(sidecar: RunningSidecar) -> None:
+    """ValidateRule answers problems as data: the same fields PutRule names, from the engine's
+    own error (no message matching), nested conditions included; a YAML pack's problems name
+    the field as the pack wrote it, with its line."""
+    stub = rules_pb2_grpc.RulesStub(sidecar.channel())
+
+    def problems(**input: Any) -> list[tuple[str, int]]:
+        answer = stub.ValidateRule(rules_pb2.ValidateRuleRequest(**input))
+        assert not answer.valid
+        return [(p.field, p.line) for p in answer.problems]
+
+    def signal(feature: int) -> rules_pb2.Condition:
+        return rules_pb2.Condition(signal=rules_pb2.Signal(feature=feature, threshold=1))
+
+    nested = signal_rule("nested")
+    nested.when.CopyFrom(rules_pb2.Condition(any=rules_pb2.Conditions(conditions=[
+        signal(1), rules_pb2.Condition(all=rules_pb2.Conditions(conditions=[
+            signal(2), signal(32)]))])))  # D_SAE is 32
+    assert problems(rule=nested) == [("rule.when.any[1].all[1].signal.feature", 0)]
+    with pytest.raises(grpc.RpcError) as info:
+        stub.PutRule(rules_pb2.PutRuleRequest(rule=nested))
+    assert [f for f, _ in violations(info.value)] == ["rule.when.any[1].all[1].signal.feature"]
+    probe = signal_rule("probe")
+    probe.when.signal.ClearField("feature")
+    probe.when.signal.probe = "nope"
+    assert problems(rule=probe) == [("rule.when.signal.probe", 0)]
+    steer = signal_rule("steer")
+    steer.action.type = common_pb2.ACTION_TYPE_STEER
+    steer.action.steer.mode = common_pb2.STEER_MODE_ADD
+    steer.action.steer.features.add(feature=1, value=1.0)
+    steer.action.steer.features.add(feature=99, value=1.0)
+    assert problems(rule=steer) == [("rule.action.steer.features[1].feature", 0)]
+    pack = ("rules:\n"
+            "  - {name: fine, when: {feature: 3, threshold: 1}}\n"
+            "  - name: far\n"
+            "    when:\n"
+            "      all:\n"
+            "        - {feature: 1, threshold: 1}\n"
+            "        - {probe: nope, threshold: 1}\n")
+    assert problems(yaml=pack, source="p.yaml") == [("rules[1].when.all[1].probe", 7)]
+    steer_pack = ("rules:\n"
+                  "  - name: s\n"
+                  "    when: {feature: 3, threshold: 1}\n"
+                  "    action:\n"
+                  "      type: steer\n"
+                  "      steer: {mode: add, features: [{feature: 40, value: 1}]}\n")
+    assert problems(yaml=steer_pack) == [("rules[0].action.steer.features[0].feature", 6)]
+
+
 def test_undecodable_unary_bodies(sidecar: RunningSidecar) -> None:
     channel = sidecar.channel()
     for method in ("/latentguard.v1.Rules/ListRules", "/latentguard.v1.Traces/GetTrace",

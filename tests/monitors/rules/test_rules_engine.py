@@ -1,4 +1,5 @@
 import operator
+import pickle
 
 import numpy as np
 import pytest
@@ -136,6 +137,52 @@ def test_compile_errors():
     r = rule("r", {"feature": 1, "threshold": 0})
     with pytest.raises(RuleValidationError):
         RuleEngine([r, r], d_sae=64)
+
+
+def test_compile_errors_carry_the_rules_field():
+    """The engine names the field it refuses (the server passes it on as the BadRequest
+    field); no one has to find it again from the message."""
+    when = {"all": [{"feature": 1, "threshold": 0},
+                    {"any": [{"probe": "deception", "threshold": 0},
+                             {"feature": 70, "threshold": 0}]}]}
+    with pytest.raises(UnknownFeatureError) as err:
+        RuleEngine([rule("deep", when)], probes=Probes(), d_sae=64)
+    assert (err.value.rule, err.value.field) == ("deep", "when.all[1].any[1].signal.feature")
+    assert err.value.problem == "feature 70 out of range (the SAE has 64)"
+    assert str(err.value) == ("rule 'deep': when.all[1].any[1].signal.feature: "
+                              "feature 70 out of range (the SAE has 64)")
+    with pytest.raises(UnknownFeatureError) as err:
+        RuleEngine([rule("p", {"any": [{"feature": 1, "threshold": 0},
+                                       {"probe": "lies", "threshold": 0}]})], d_sae=64)
+    assert err.value.field == "when.any[1].signal.probe"
+    steer = {"type": "steer", "steer": {"mode": "add", "features": [
+        {"feature": 2, "value": 1}, {"feature": 64, "value": 1}]}}
+    with pytest.raises(UnknownFeatureError) as err:
+        RuleEngine([rule("s", {"feature": 1, "threshold": 0}, action=steer)], d_sae=64)
+    assert err.value.field == "action.steer.features[1].feature"
+    with pytest.raises(UnknownFeatureError) as err:
+        RuleEngine([rule("top", {"feature": 64, "threshold": 0})], d_sae=64)
+    assert err.value.field == "when.signal.feature"
+
+
+def test_unknown_feature_error_pickles_with_its_field():
+    err = UnknownFeatureError("feature 9 out of range", field="when.signal.feature", rule="r")
+    back = pickle.loads(pickle.dumps(err))
+    assert (back.field, back.rule, back.problem, str(back)) == (
+        err.field, err.rule, err.problem, str(err))
+    plain = UnknownFeatureError("unknown probe 'x'")
+    assert (plain.field, str(plain)) == ("", "unknown probe 'x'")
+    assert str(pickle.loads(pickle.dumps(plain))) == "unknown probe 'x'"
+
+
+def test_signal_paths_follow_the_tree():
+    cond = rule("t", {"any": [{"feature": 1, "threshold": 0},
+                              {"all": [{"feature": 2, "threshold": 0},
+                                       {"probe": "x", "threshold": 0}]}]}).when
+    assert [(p, s.source_name) for p, s in cond.signal_paths("when")] == [
+        ("when.any[0].signal", "feature 1"), ("when.any[1].all[0].signal", "feature 2"),
+        ("when.any[1].all[1].signal", "probe x")]
+    assert cond.signals() == [s for _, s in cond.signal_paths()]
 
 
 def test_step_shape_errors():

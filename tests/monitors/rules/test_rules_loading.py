@@ -152,3 +152,20 @@ def test_a_dumped_pack_with_repeated_values_loads_back() -> None:
     data = {"rules": [{"name": "a", "when": when}, {"name": "b", "when": when}]}
     pack = load_rule_pack(dump_rule_pack(data))
     assert [r.name for r in pack.rules] == ["a", "b"]
+
+
+@pytest.mark.parametrize(("field", "user", "line"), [
+    ("rules[0].when.all[0].signal.feature", "rules[0].when.all[0].feature", 8),
+    ("rules[0].when.all[1].any[1].signal.feature", "rules[0].when.all[1].any[1].signal.feature",
+     16),
+    ("rules[0].when.all[1].any[0].signal.probe", "rules[0].when.all[1].any[0].probe", 12),
+    ("rules[0].action.steer.features[0].feature", "rules[0].action.steer.features[0].feature",
+     21),
+    ("rules[1].when.signal.feature", "rules[1].when.feature", 24),
+])
+def test_locate_gives_the_field_as_written_and_its_line(field, user, line):
+    """Problems found after parsing (a feature the SAE lacks) are named as the pack wrote them:
+    the ``signal:`` the shorthand leaves out is left out, and the line is the key's."""
+    from latentguard.monitors.rules.loading import locate
+
+    assert locate(VALID, field) == (user, line)
