@@ -137,7 +137,8 @@ def register(sub: Subparsers) -> None:
     p.add_argument("id")
     p.add_argument("--label", required=True, choices=sorted(LABELS))
     p.add_argument("--note")
-    p.add_argument("--reviewer", help="default: the token's name")
+    p.add_argument("--reviewer", help="needed when the sidecar has no tokens; with tokens "
+                   "the review is filed under the token's name")
     add_connection(p)
     p.set_defaults(func=cmd_traces_review)
     p = traces.add_parser("alerts", help="follow live alerts")

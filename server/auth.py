@@ -2,7 +2,8 @@
 
 Roles: `reader` reads rules, traces, features and alerts, and may call Inspect and Generate
 (they run the served model through the monitor and change nothing stored); `reviewer` also
-reviews traces; `admin` may do everything; `monitor` is the vLLM plugin's role (the Monitor
+reviews traces, under its token's name (the Traces service refuses another reviewer name);
+`admin` may do everything; `monitor` is the vLLM plugin's role (the Monitor
 service only). README's role table says the same.
 With no tokens configured, auth is off (the default unix socket is reachable only by the
 socket's owner); health checking and reflection never need a token.

@@ -68,7 +68,9 @@ class TokenEntry(BaseModel):
     """One bearer token, stored only as its SHA-256 hex digest."""
 
     model_config = {"extra": "forbid"}
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=128)
+    """Who holds the token: recorded as the author of the rule and policy changes it makes,
+    and the reviewer of the reviews it files."""
     role: Role
     token_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 

@@ -64,6 +64,13 @@ class InvalidArgument(ServerError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
+class PermissionDenied(ServerError):
+    """The caller's token may call the RPC, but not with these arguments (a review under
+    another reviewer's name)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class Unavailable(ServerError):
     code = grpc.StatusCode.UNAVAILABLE
 

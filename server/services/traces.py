@@ -12,7 +12,13 @@ from latentguard import wire
 from latentguard.monitors.rules import severity_rank
 from latentguard.server import convert
 from latentguard.server.auth import Authenticator
-from latentguard.server.errors import InvalidArgument, check_length, grpc_errors, quoted
+from latentguard.server.errors import (
+    InvalidArgument,
+    PermissionDenied,
+    check_length,
+    grpc_errors,
+    quoted,
+)
 from latentguard.server.records import AlertRecord, ReviewRecord, TraceFilter
 from latentguard.server.store import Store
 from latentguard.server.store.alerts import CLAIM_IDLE_MS, group_for
@@ -87,14 +93,28 @@ class TracesService(traces_pb2_grpc.TracesServicer):
         if len(request.note) > MAX_NOTE:
             raise InvalidArgument(f"note: at most {MAX_NOTE} characters", field="note")
         check_length(request.reviewer, "reviewer", MAX_NAME)
-        reviewer = request.reviewer or self._auth.caller_name(context)
-        if not reviewer:
-            raise InvalidArgument("reviewer: required when the call carries no token",
-                                  field="reviewer")
         record = ReviewRecord.model_validate(
-            {"label": label, "reviewer": reviewer, "note": request.note})
+            {"label": label, "reviewer": self._reviewer(request, context), "note": request.note})
         return convert.trace_proto(await self._store.traces.review(request.id, record),
                                    self._labels())
+
+    def _reviewer(self, request: traces_pb2.ReviewTraceRequest,
+                  context: grpc.aio.ServicerContext) -> str:
+        """Whom a review is filed under. With tokens, the token's name: a request naming
+        someone else is refused, so no token files reviews as another reviewer. Without
+        tokens (the owner's unix socket), the request's name, which is then required."""
+        if not self._auth.enabled:
+            if not request.reviewer:
+                raise InvalidArgument("reviewer: required when the sidecar has no tokens",
+                                      field="reviewer")
+            return request.reviewer
+        caller = self._auth.caller_name(context)
+        if request.reviewer and request.reviewer != caller:
+            raise PermissionDenied(
+                f"reviewer: {quoted(request.reviewer)} is not this token's name {caller!r}; "
+                "a review is filed under the name of the token that sends it (leave reviewer "
+                "empty)")
+        return caller
 
     @grpc_errors
     async def StreamAlerts(self, request: traces_pb2.StreamAlertsRequest,

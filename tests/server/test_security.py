@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from latentguard.server.auth import PERMISSIONS, hash_token
 from latentguard.server.config import TokenEntry
+from latentguard.server.records import TraceRecord
 from latentguard.server.store.embedded import free_port
 from latentguard.v1 import (
     features_pb2,
@@ -20,7 +21,7 @@ from latentguard.v1 import (
     traces_pb2,
     traces_pb2_grpc,
 )
-from tests.server.helpers import running_sidecar, signal_rule
+from tests.server.helpers import running_sidecar, signal_rule, violations
 
 TOKENS = {"reader": "r-secret", "reviewer": "v-secret", "admin": "a-secret",
           "monitor": "m-secret"}
@@ -82,6 +83,53 @@ def test_roles(tmp_path: Path) -> None:
         # Health checking needs no token.
         health = health_pb2_grpc.HealthStub(s.channel()).Check(health_pb2.HealthCheckRequest())
         assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_review_is_filed_under_the_tokens_name(tmp_path: Path) -> None:
+    """With tokens, the reviewer is the token's name: an empty field takes it, the same name is
+    accepted, another name is refused (no reviewer files under someone else's name, an admin
+    neither); without tokens the request's name is used, and required."""
+    review = traces_pb2.ReviewTraceRequest
+    with running_sidecar(tmp_path / "d", auth={"tokens": entries()}) as s:
+        trace = TraceRecord(request_tag="t")
+        s.run(s.sidecar.store.traces.save(trace))  # type: ignore[union-attr]
+        traces = traces_pb2_grpc.TracesStub(s.channel())
+        done = traces.ReviewTrace(review(id=trace.id, label=1), metadata=md("reviewer"))
+        assert [r.reviewer for r in done.reviews] == ["reviewer-bot"]
+        done = traces.ReviewTrace(review(id=trace.id, label=2, reviewer="admin-bot"),
+                                  metadata=md("admin"))
+        assert [r.reviewer for r in done.reviews] == ["reviewer-bot", "admin-bot"]
+        for role, name in (("reviewer", "admin-bot"), ("reviewer", "someone"),
+                           ("admin", "reviewer-bot")):
+            with pytest.raises(grpc.RpcError) as err:
+                traces.ReviewTrace(review(id=trace.id, label=1, reviewer=name),
+                                   metadata=md(role))
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert err.value.details().startswith("reviewer: ")
+            assert f"'{role}-bot'" in err.value.details()
+        # A long name is refused by length first, naming the field.
+        with pytest.raises(grpc.RpcError) as err:
+            traces.ReviewTrace(review(id=trace.id, label=1, reviewer="x" * 300),
+                               metadata=md("reviewer"))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert [f for f, _ in violations(err.value)] == ["reviewer"]
+        stored = traces.GetTrace(traces_pb2.GetTraceRequest(id=trace.id), metadata=md("reader"))
+        assert [r.reviewer for r in stored.reviews] == ["reviewer-bot", "admin-bot"]
+    with running_sidecar(tmp_path / "open") as s:
+        trace = TraceRecord(request_tag="t")
+        s.run(s.sidecar.store.traces.save(trace))  # type: ignore[union-attr]
+        traces = traces_pb2_grpc.TracesStub(s.channel())
+        done = traces.ReviewTrace(review(id=trace.id, label=1, reviewer="ann"))
+        assert [r.reviewer for r in done.reviews] == ["ann"]
+        with pytest.raises(grpc.RpcError) as err:
+            traces.ReviewTrace(review(id=trace.id, label=1))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert [f for f, _ in violations(err.value)] == ["reviewer"]
+
+
+def test_token_names_are_capped() -> None:
+    with pytest.raises(ValueError, match="128"):
+        TokenEntry(name="n" * 129, role="reviewer", token_sha256="0" * 64)
 
 
 def _openssl(*args: str) -> None:
