@@ -81,6 +81,9 @@ def show_trace(console: Console, t: traces_pb2.Trace) -> None:
         head.append(f"  BLOCKED by {t.blocked_by}", style="bold red")
     if t.monitoring_gap:
         head.append("  (monitoring gap)", style="yellow")
+    if t.tokens_dropped or t.hits_dropped:
+        head.append(f"\ntruncated: {t.tokens_dropped} more tokens and {t.hits_dropped} more "
+                    "hits were monitored, not kept", style="yellow")
     if t.otel_trace_id:
         head.append(f"\nOpenTelemetry trace {t.otel_trace_id} span {t.otel_span_id}", style="dim")
     console.print(Panel(head, expand=False))

@@ -138,6 +138,13 @@ class Settings(BaseSettings):
     max_message_mb: int = Field(default=64, ge=1, le=2047, description="largest gRPC message "
                                 "accepted, in MiB")
     top_k: int = Field(default=8, ge=1, le=64, description="features per token kept in traces")
+    max_tokens_per_request: int = Field(
+        default=32_768, ge=1, description="tokens (prompt and generated) one trace keeps, and as "
+        "many rule hits; past it the request is still monitored (rules fire, alerts go out, "
+        "blocks and steers apply), but the trace keeps no more and counts what it dropped")
+    max_open_requests: int = Field(
+        default=4096, ge=1, description="requests one Monitor stream may have open at once; a "
+        "step that would open more is refused with `RESOURCE_EXHAUSTED`")
     sae_path: Path | None = Field(default=None, description="folder or file of the SAE to load "
                                   "(SAELens, sparsify, Gemma Scope, Llama Scope)")
     rules_file: Path | None = Field(default=None, description="YAML rule pack applied at start "

@@ -44,6 +44,7 @@ def trace_proto(t: TraceRecord, labels: dict[int, str] | None = None) -> traces_
         prompt_text=t.prompt_text, completion_text=t.completion_text,
         tokens=[token_proto(tok, labels) for tok in t.tokens],
         hits=[wire.hit_proto(h) for h in t.hits], reviews=[review_proto(r) for r in t.reviews],
+        tokens_dropped=t.tokens_dropped, hits_dropped=t.hits_dropped,
     )
 
 

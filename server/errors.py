@@ -71,6 +71,12 @@ class PermissionDenied(ServerError):
     code = grpc.StatusCode.PERMISSION_DENIED
 
 
+class ResourceExhausted(ServerError):
+    """A configured limit would be passed (the message names the setting)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class Unavailable(ServerError):
     code = grpc.StatusCode.UNAVAILABLE
 

@@ -92,6 +92,15 @@ class TraceRecord(BaseModel):
     hits: list[RuleHit] = []
     reviews: list[ReviewRecord] = []
     status: TraceStatus = "clean"
+    tokens_dropped: int = 0
+    """Tokens monitored but not kept: past the `max_tokens_per_request` setting."""
+    hits_dropped: int = 0
+    """Rule hits found (and published as alerts) but not kept: past the same setting."""
+
+    @property
+    def truncated(self) -> bool:
+        """The trace reached `max_tokens_per_request` and dropped tokens or hits."""
+        return bool(self.tokens_dropped or self.hits_dropped)
 
     @property
     def rules_hit(self) -> list[str]:

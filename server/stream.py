@@ -23,7 +23,12 @@ from torch import Tensor
 
 from latentguard.monitors.rules import Policy, RuleHit, RuleSession
 from latentguard.monitors.rules.signals import probe_scores
-from latentguard.server.errors import FailedPrecondition, InvalidArgument, quoted
+from latentguard.server.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    quoted,
+)
 from latentguard.server.events import HitFound, RequestEnded, TokensSeen, VerdictGiven, Watchers
 from latentguard.server.records import AlertRecord, FeatureValue, TokenRecord, TraceRecord, utcnow
 from latentguard.server.runtime import MonitorRuntime
@@ -34,8 +39,6 @@ from latentguard.wire import Verdict
 
 log = logging.getLogger(__name__)
 
-MAX_OPEN_REQUESTS = 4096
-
 
 @dataclass
 class RequestState:
@@ -45,6 +48,8 @@ class RequestState:
     """The request's rule session; None when its policy turns monitoring off."""
     span: OtelSpan
     blocked_by: str = ""
+    generated: int = 0
+    """Generated tokens monitored, kept in the trace or not."""
 
 
 @dataclass(frozen=True)
@@ -99,9 +104,12 @@ class StreamSession:
                 raise InvalidArgument(f"started[{i}].request_tag: {quoted(tag)} started twice "
                                       "in this step", field=f"started[{i}].request_tag")
             seen.add(tag)
-        if len(self.requests) + len(new) > MAX_OPEN_REQUESTS:
-            raise InvalidArgument(f"started: more than {MAX_OPEN_REQUESTS} open requests",
-                                  field="started")
+        cap = self.runtime.settings.max_open_requests
+        opening = len(set(new) - set(self.requests))  # a tag started again replaces its request
+        if len(self.requests) + opening > cap:
+            raise ResourceExhausted(
+                f"started: {len(self.requests)} requests are open on this stream and {opening} "
+                f"more would pass LATENTGUARD_MAX_OPEN_REQUESTS ({cap})", field="started")
         known = set(self.requests) | set(new)
         for i, span in enumerate(step.spans):
             if span.tag not in known:
@@ -161,19 +169,23 @@ class StreamSession:
         watched_cols = {f: rule_idx.numel() + i for i, f in enumerate(watched)}
         probe_values = probe_scores(engine, probes, rows, selected) if engine is not None else None
         top_vals, top_idx = enc.topk_values.tolist(), enc.topk_indices.tolist()
+        cap = self.runtime.settings.max_tokens_per_request
         results = []
         for span in monitored:
             state = self.requests[span.tag]
             lo, hi = span.row_start, span.stop
             text = self.token_texts.for_model(state.trace.model)
+            watcher = self.watchers.get(span.tag)
+            # Records only for the tokens the trace will keep, unless someone watches them all.
+            room = max(0, cap - len(state.trace.tokens))
+            n = hi - lo if watcher is not None else min(hi - lo, room)
             tokens = [
                 TokenRecord(position=pos, token_id=tok, prompt=span.prefill,
                             text=text(tok) if text is not None else "",
                             top_features=[FeatureValue(feature=f, value=v) for f, v in
                                           zip(top_idx[r], top_vals[r], strict=True) if v > 0])
-                for r, pos, tok in zip(range(lo, hi), span.positions, span.token_ids,
-                                       strict=True)]
-            watcher = self.watchers.get(span.tag)
+                for r, pos, tok in zip(range(lo, lo + n), span.positions[:n],
+                                       span.token_ids[:n], strict=True)]
             series = {f: enc.selected[lo:hi, watched_cols[f]].tolist()
                       for f in (watcher.features if watcher is not None else [])}
             hits = []
@@ -196,15 +208,23 @@ class StreamSession:
         telemetry; returns the verdicts its hits call for."""
         span, state = result.span, self.requests[result.span.tag]
         trace = state.trace
-        trace.tokens.extend(result.tokens)
+        cap = self.runtime.settings.max_tokens_per_request
+        kept = result.tokens[:max(0, cap - len(trace.tokens))]
+        trace.tokens.extend(kept)
+        self._dropped(state, tokens=len(span.positions) - len(kept))
         if span.prefill:
             trace.prompt_tokens = max(trace.prompt_tokens, max(span.positions) + 1)
+        else:
+            state.generated += len(span.positions)
         for tap in self.watchers.taps:
             tap(span.tag, span.positions, span.token_ids, result.rows.clone())
         self.watchers.put(span.tag, TokensSeen(result.tokens, result.series))
         verdicts = []
         for hit in result.hits:
-            trace.hits.append(hit)
+            if len(trace.hits) < cap:
+                trace.hits.append(hit)
+            else:
+                self._dropped(state, hits=1)
             self.writer.publish(AlertRecord(trace_id=trace.id, request_tag=trace.request_tag,
                                             model=trace.model, policy=state.policy.name,
                                             hit=hit))
@@ -217,6 +237,19 @@ class StreamSession:
                 self.watchers.put(span.tag, VerdictGiven(verdict))
                 verdicts.append(verdict)
         return verdicts
+
+    def _dropped(self, state: RequestState, *, tokens: int = 0, hits: int = 0) -> None:
+        """Counts what the trace did not keep (past `max_tokens_per_request`); says so in the
+        log the first time, so a trace's growth is bounded and never silently."""
+        if not tokens and not hits:
+            return
+        trace = state.trace
+        if not trace.truncated:
+            log.warning("request %s: its trace reached LATENTGUARD_MAX_TOKENS_PER_REQUEST (%d); "
+                        "it is still monitored, but later tokens and hits are not kept",
+                        trace.request_tag, self.runtime.settings.max_tokens_per_request)
+        trace.tokens_dropped += tokens
+        trace.hits_dropped += hits
 
     @staticmethod
     def verdict(state: RequestState, hit: RuleHit) -> Verdict | None:
@@ -238,10 +271,14 @@ class StreamSession:
         trace.finish_reason = "blocked" if state.blocked_by else (end.finish_reason or "stop")
         trace.blocked = bool(state.blocked_by)
         trace.blocked_by = state.blocked_by
-        trace.completion_tokens = end.completion_tokens or sum(
-            1 for t in trace.tokens if not t.prompt)
+        trace.completion_tokens = end.completion_tokens or state.generated
         trace.completion_text = end.completion_text
         trace.monitoring_gap = trace.monitoring_gap or end.monitoring_gap
+        if trace.truncated:
+            log.info("request %s ended: its trace keeps %d tokens and %d hits, dropped %d "
+                     "tokens and %d hits past LATENTGUARD_MAX_TOKENS_PER_REQUEST",
+                     trace.request_tag, len(trace.tokens), len(trace.hits),
+                     trace.tokens_dropped, trace.hits_dropped)
         self.runtime.telemetry.end_generation(
             state.span, input_tokens=trace.prompt_tokens, output_tokens=trace.completion_tokens,
             finish_reason=trace.finish_reason, blocked_by=trace.blocked_by, trace_id=trace.id)

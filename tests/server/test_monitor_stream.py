@@ -244,3 +244,48 @@ def test_the_rule_pack_beside_the_sae_is_applied_unless_a_rules_file_is_given(
 
     assert names() == {"unsafe-code", "watch-5", "calm-down"}
     assert names(rules_file=other) == {"only-this"}
+
+
+def test_caps_per_request_and_per_stream(tmp_path: Path, capsys) -> None:
+    """Over the wire, with tiny caps: a long request's stored trace keeps the first tokens and
+    says how many it dropped (the API and `traces show`); a stream opening more requests than
+    allowed gets RESOURCE_EXHAUSTED naming the setting, and its open requests carry on."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    with running_sidecar(tmp_path / "data", sae_path=build_sae(tmp_path / "sae"),
+                         rules_file=rules, model_name="tiny-test", max_tokens_per_request=3,
+                         max_open_requests=1) as sidecar:
+        drive = StreamDriver(sidecar.channel())
+        drive.hello()
+        assert drive.step(step=1, started=[start("long")], rows=rows({}, {}), spans=[
+            monitor_pb2.RowSpan(request_tag="long", row_start=0, positions=[0, 1],
+                                token_ids=[1, 2], prefill=True)]).HasField("verdicts")
+        refused = drive.step(step=2, started=[start("other")])
+        assert (refused.error.code, refused.error.field) == ("RESOURCE_EXHAUSTED", "started")
+        assert "LATENTGUARD_MAX_OPEN_REQUESTS (1)" in refused.error.message
+        for p in range(2, 10):
+            reply = drive.step(step=p + 1, rows=rows({3: 9.0} if p == 9 else {}), spans=[
+                monitor_pb2.RowSpan(request_tag="long", row_start=0, positions=[p],
+                                    token_ids=[p])])
+            assert reply.HasField("verdicts")
+        assert [v.rule for v in reply.verdicts.verdicts] == ["unsafe-code"]  # past the cap
+        drive.step(step=20, finished=[monitor_pb2.RequestEnd(request_tag="long",
+                                                             completion_tokens=8)])
+        drive.close()
+        traces = traces_pb2_grpc.TracesStub(sidecar.channel())
+        listed = traces.ListTraces(traces_pb2.ListTracesRequest()).traces
+        for _ in range(100):
+            if listed:
+                break
+            import time
+
+            time.sleep(0.05)
+            listed = traces.ListTraces(traces_pb2.ListTracesRequest()).traces
+        assert [t.request_tag for t in listed] == ["long"]
+        trace = traces.GetTrace(traces_pb2.GetTraceRequest(id=listed[0].id))
+        assert [t.position for t in trace.tokens] == [0, 1, 2]
+        assert (trace.tokens_dropped, trace.hits_dropped) == (7, 0)
+        assert trace.blocked_by == "unsafe-code" and trace.completion_tokens == 8
+        assert listed[0].tokens_dropped == 7  # listings say so too
+        assert cli(["traces", "show", trace.id, "--target", sidecar.target]) == 0
+        assert "truncated: 7 more tokens and 0 more hits" in capsys.readouterr().out

@@ -3,7 +3,9 @@ embedded Redis (no gRPC): check -> open -> evaluate -> record -> verdicts -> clo
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from latentguard.monitors.rules import Steer, load_rule_pack
 from latentguard.server.config import Settings
-from latentguard.server.errors import InvalidArgument
+from latentguard.server.errors import InvalidArgument, ResourceExhausted
 from latentguard.server.events import HitFound, RequestEnded, TokensSeen, VerdictGiven, Watchers
 from latentguard.server.records import TraceFilter
 from latentguard.server.runtime import MonitorRuntime
@@ -43,8 +45,14 @@ class Harness:
 
 @pytest.fixture
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    async with open_harness(tmp_path) as opened:
+        yield opened
+
+
+@asynccontextmanager
+async def open_harness(tmp_path: Path, **overrides: Any) -> AsyncIterator[Harness]:
     sae = build_sae(tmp_path / "sae")
-    settings = Settings(data_dir=tmp_path / "data", sae_path=sae, model_name="tiny")
+    settings = Settings(data_dir=tmp_path / "data", sae_path=sae, model_name="tiny", **overrides)
     store = await Store.open(None, settings.data_dir, retention=timedelta(days=1))
     pack = load_rule_pack(RULES)
     for rule in pack.rules:
@@ -145,6 +153,71 @@ async def test_a_request_started_twice_closes_the_first(harness: Harness) -> Non
     assert len(s.requests) == 1
     trace = (await harness.traces())["R"]
     assert trace.finish_reason == "restarted" and trace.monitoring_gap
+
+
+async def test_a_trace_keeps_at_most_max_tokens_per_request(tmp_path: Path, caplog) -> None:
+    """A request that goes on and on: its trace keeps the first `max_tokens_per_request` tokens
+    and as many hits, and counts the rest; rules still fire and block past the cap."""
+    caplog.set_level(logging.INFO, logger="latentguard.server.stream")
+    async with open_harness(tmp_path, max_tokens_per_request=4) as h:
+        s = h.session
+        # watch-5 (scope both, window sum of 2 > 1) fires when feature 5 comes back after two
+        # quiet tokens: at positions 0, 3, 6, 9 and 12; unsafe-code blocks at 15.
+        fives = [2.0 if p % 3 == 0 else 0.0 for p in range(15)]
+        await s.handle(Step(1, rows(*({5: v} for v in fives[:3])), opened=[RequestOpen("L")],
+                            spans=[span("L", 0, [0, 1, 2], prefill=True)]))
+        for p in range(3, 15):
+            assert await s.handle(Step(p, rows({5: fives[p]}), spans=[span("L", 0, [p])])) \
+                == []
+        verdicts = await s.handle(Step(15, rows({3: 5.0}), spans=[span("L", 0, [15])]))
+        assert [(v.kind, v.rule) for v in verdicts] == [("block", "unsafe-code")]
+        assert len(s.requests["L"].trace.tokens) == 4  # bounded while the request is open
+        await s.handle(Step(16, closed=[RequestClose("L", "stop")]))
+        trace = (await h.traces())["L"]
+    assert [t.position for t in trace.tokens] == [0, 1, 2, 3]
+    assert trace.tokens_dropped == 12 and trace.truncated
+    assert [h.position for h in trace.hits] == [0, 3, 6, 9] and trace.hits_dropped == 2
+    assert trace.blocked and trace.blocked_by == "unsafe-code"
+    assert (trace.prompt_tokens, trace.completion_tokens) == (3, 13)  # all, kept or not
+    said = [r.getMessage() for r in caplog.records
+            if "LATENTGUARD_MAX_TOKENS_PER_REQUEST" in r.getMessage()]
+    assert len(said) == 2  # once when the cap is reached, once at the end with the counts
+    assert "dropped 12 tokens and 2 hits" in said[1]
+
+
+async def test_a_watched_request_sees_every_token_past_the_cap(tmp_path: Path) -> None:
+    """Inspect and Generate watch their request: they get every token, the trace the first."""
+    async with open_harness(tmp_path, max_tokens_per_request=2) as h:
+        s = h.session
+        watcher = h.watchers.watch("W", features=[5])
+        await s.handle(Step(1, rows({}, {}, {5: 1.5}), opened=[RequestOpen("W")],
+                            spans=[span("W", 0, [0, 1, 2], prefill=True)]))
+        await s.handle(Step(2, rows({}), spans=[span("W", 0, [3])],
+                            closed=[RequestClose("W", "stop")]))
+        seen: list[Any] = []
+        while not watcher.empty():
+            event = watcher.get_nowait()
+            if isinstance(event, TokensSeen):
+                seen.extend(event.records)
+        trace = (await h.traces())["W"]
+    assert [t.position for t in seen] == [0, 1, 2, 3]
+    assert [t.position for t in trace.tokens] == [0, 1] and trace.tokens_dropped == 2
+
+
+async def test_open_requests_per_stream_are_capped(tmp_path: Path) -> None:
+    async with open_harness(tmp_path, max_open_requests=2) as h:
+        s = h.session
+        await s.handle(Step(1, opened=[RequestOpen("A"), RequestOpen("B")]))
+        with pytest.raises(ResourceExhausted) as err:
+            await s.handle(Step(2, rows({}), opened=[RequestOpen("C")],
+                                spans=[span("C", 0, [0], prefill=True)]))
+        assert err.value.field == "started"
+        assert "LATENTGUARD_MAX_OPEN_REQUESTS (2)" in str(err.value)
+        assert set(s.requests) == {"A", "B"}  # the refused step opened nothing
+        await s.handle(Step(3, opened=[RequestOpen("A")]))  # started again: still two open
+        await s.handle(Step(4, closed=[RequestClose("B")]))
+        await s.handle(Step(5, opened=[RequestOpen("C")]))
+        assert set(s.requests) == {"A", "C"}
 
 
 def test_ready_comes_after_the_warm_up(tmp_path: Path) -> None:

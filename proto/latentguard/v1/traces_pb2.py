@@ -26,37 +26,37 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from latentguard.v1 import common_pb2 as latentguard_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blatentguard/v1/traces.proto\x12\x0elatentguard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1blatentguard/v1/common.proto\"|\n\x06Review\x12*\n\x05label\x18\x01 \x01(\x0e\x32\x1b.latentguard.v1.ReviewLabel\x12\x10\n\x08reviewer\x18\x02 \x01(\t\x12\x0c\n\x04note\x18\x03 \x01(\t\x12&\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf3\x04\n\x05Trace\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0brequest_tag\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x06status\x18\x07 \x01(\x0e\x32\x1b.latentguard.v1.TraceStatus\x12.\n\x0cmax_severity\x18\x08 \x01(\x0e\x32\x18.latentguard.v1.Severity\x12\x11\n\trules_hit\x18\t \x03(\t\x12\x15\n\rfinish_reason\x18\n \x01(\t\x12\x0f\n\x07\x62locked\x18\x0b \x01(\x08\x12\x12\n\nblocked_by\x18\x0c \x01(\t\x12\x15\n\rprompt_tokens\x18\r \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x0e \x01(\r\x12\x15\n\rotel_trace_id\x18\x0f \x01(\t\x12\x14\n\x0cotel_span_id\x18\x10 \x01(\t\x12\x16\n\x0emonitoring_gap\x18\x11 \x01(\x08\x12\x13\n\x0bprompt_text\x18\x12 \x01(\t\x12\x17\n\x0f\x63ompletion_text\x18\x13 \x01(\t\x12+\n\x06tokens\x18\x14 \x03(\x0b\x32\x1b.latentguard.v1.TokenRecord\x12%\n\x04hits\x18\x15 \x03(\x0b\x32\x17.latentguard.v1.RuleHit\x12\'\n\x07reviews\x18\x16 \x03(\x0b\x32\x16.latentguard.v1.Review\"\x83\x02\n\x11ListTracesRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12.\n\x0cmin_severity\x18\x04 \x01(\x0e\x32\x18.latentguard.v1.Severity\x12+\n\x06status\x18\x05 \x01(\x0e\x32\x1b.latentguard.v1.TraceStatus\x12\x11\n\tpage_size\x18\x06 \x01(\r\x12\x12\n\npage_token\x18\x07 \x01(\t\"T\n\x12ListTracesResponse\x12%\n\x06traces\x18\x01 \x03(\x0b\x32\x15.latentguard.v1.Trace\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1d\n\x0fGetTraceRequest\x12\n\n\x02id\x18\x01 \x01(\t\"l\n\x12ReviewTraceRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12*\n\x05label\x18\x02 \x01(\x0e\x32\x1b.latentguard.v1.ReviewLabel\x12\x10\n\x08reviewer\x18\x03 \x01(\t\x12\x0c\n\x04note\x18\x04 \x01(\t\"\x90\x01\n\x13StreamAlertsRequest\x12.\n\x0cmin_severity\x18\x01 \x01(\x0e\x32\x18.latentguard.v1.Severity\x12\r\n\x05rules\x18\x02 \x03(\t\x12\x16\n\x0e\x63onsumer_group\x18\x03 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x04 \x01(\t\x12\x10\n\x08\x61\x66ter_id\x18\x05 \x01(\t\"\x97\x01\n\x05\x41lert\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08trace_id\x18\x02 \x01(\t\x12\x13\n\x0brequest_tag\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0e\n\x06policy\x18\x05 \x01(\t\x12$\n\x03hit\x18\x06 \x01(\x0b\x32\x17.latentguard.v1.RuleHit\x12\x16\n\x0e\x63onsumer_group\x18\x07 \x01(\t\"7\n\x10\x41\x63kAlertsRequest\x12\x16\n\x0e\x63onsumer_group\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"\"\n\x11\x41\x63kAlertsResponse\x12\r\n\x05\x61\x63ked\x18\x01 \x01(\r*x\n\x0bTraceStatus\x12\x1c\n\x18TRACE_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12TRACE_STATUS_CLEAN\x10\x01\x12\x18\n\x14TRACE_STATUS_FLAGGED\x10\x02\x12\x19\n\x15TRACE_STATUS_REVIEWED\x10\x03*\x87\x01\n\x0bReviewLabel\x12\x1c\n\x18REVIEW_LABEL_UNSPECIFIED\x10\x00\x12\x1e\n\x1aREVIEW_LABEL_TRUE_POSITIVE\x10\x01\x12\x1f\n\x1bREVIEW_LABEL_FALSE_POSITIVE\x10\x02\x12\x19\n\x15REVIEW_LABEL_ESCALATE\x10\x03\x32\x8b\x03\n\x06Traces\x12S\n\nListTraces\x12!.latentguard.v1.ListTracesRequest\x1a\".latentguard.v1.ListTracesResponse\x12\x42\n\x08GetTrace\x12\x1f.latentguard.v1.GetTraceRequest\x1a\x15.latentguard.v1.Trace\x12H\n\x0bReviewTrace\x12\".latentguard.v1.ReviewTraceRequest\x1a\x15.latentguard.v1.Trace\x12L\n\x0cStreamAlerts\x12#.latentguard.v1.StreamAlertsRequest\x1a\x15.latentguard.v1.Alert0\x01\x12P\n\tAckAlerts\x12 .latentguard.v1.AckAlertsRequest\x1a!.latentguard.v1.AckAlertsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blatentguard/v1/traces.proto\x12\x0elatentguard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1blatentguard/v1/common.proto\"|\n\x06Review\x12*\n\x05label\x18\x01 \x01(\x0e\x32\x1b.latentguard.v1.ReviewLabel\x12\x10\n\x08reviewer\x18\x02 \x01(\t\x12\x0c\n\x04note\x18\x03 \x01(\t\x12&\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa1\x05\n\x05Trace\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0brequest_tag\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x06status\x18\x07 \x01(\x0e\x32\x1b.latentguard.v1.TraceStatus\x12.\n\x0cmax_severity\x18\x08 \x01(\x0e\x32\x18.latentguard.v1.Severity\x12\x11\n\trules_hit\x18\t \x03(\t\x12\x15\n\rfinish_reason\x18\n \x01(\t\x12\x0f\n\x07\x62locked\x18\x0b \x01(\x08\x12\x12\n\nblocked_by\x18\x0c \x01(\t\x12\x15\n\rprompt_tokens\x18\r \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x0e \x01(\r\x12\x15\n\rotel_trace_id\x18\x0f \x01(\t\x12\x14\n\x0cotel_span_id\x18\x10 \x01(\t\x12\x16\n\x0emonitoring_gap\x18\x11 \x01(\x08\x12\x13\n\x0bprompt_text\x18\x12 \x01(\t\x12\x17\n\x0f\x63ompletion_text\x18\x13 \x01(\t\x12+\n\x06tokens\x18\x14 \x03(\x0b\x32\x1b.latentguard.v1.TokenRecord\x12%\n\x04hits\x18\x15 \x03(\x0b\x32\x17.latentguard.v1.RuleHit\x12\'\n\x07reviews\x18\x16 \x03(\x0b\x32\x16.latentguard.v1.Review\x12\x16\n\x0etokens_dropped\x18\x17 \x01(\r\x12\x14\n\x0chits_dropped\x18\x18 \x01(\r\"\x83\x02\n\x11ListTracesRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12.\n\x0cmin_severity\x18\x04 \x01(\x0e\x32\x18.latentguard.v1.Severity\x12+\n\x06status\x18\x05 \x01(\x0e\x32\x1b.latentguard.v1.TraceStatus\x12\x11\n\tpage_size\x18\x06 \x01(\r\x12\x12\n\npage_token\x18\x07 \x01(\t\"T\n\x12ListTracesResponse\x12%\n\x06traces\x18\x01 \x03(\x0b\x32\x15.latentguard.v1.Trace\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1d\n\x0fGetTraceRequest\x12\n\n\x02id\x18\x01 \x01(\t\"l\n\x12ReviewTraceRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12*\n\x05label\x18\x02 \x01(\x0e\x32\x1b.latentguard.v1.ReviewLabel\x12\x10\n\x08reviewer\x18\x03 \x01(\t\x12\x0c\n\x04note\x18\x04 \x01(\t\"\x90\x01\n\x13StreamAlertsRequest\x12.\n\x0cmin_severity\x18\x01 \x01(\x0e\x32\x18.latentguard.v1.Severity\x12\r\n\x05rules\x18\x02 \x03(\t\x12\x16\n\x0e\x63onsumer_group\x18\x03 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x04 \x01(\t\x12\x10\n\x08\x61\x66ter_id\x18\x05 \x01(\t\"\x97\x01\n\x05\x41lert\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08trace_id\x18\x02 \x01(\t\x12\x13\n\x0brequest_tag\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0e\n\x06policy\x18\x05 \x01(\t\x12$\n\x03hit\x18\x06 \x01(\x0b\x32\x17.latentguard.v1.RuleHit\x12\x16\n\x0e\x63onsumer_group\x18\x07 \x01(\t\"7\n\x10\x41\x63kAlertsRequest\x12\x16\n\x0e\x63onsumer_group\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"\"\n\x11\x41\x63kAlertsResponse\x12\r\n\x05\x61\x63ked\x18\x01 \x01(\r*x\n\x0bTraceStatus\x12\x1c\n\x18TRACE_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12TRACE_STATUS_CLEAN\x10\x01\x12\x18\n\x14TRACE_STATUS_FLAGGED\x10\x02\x12\x19\n\x15TRACE_STATUS_REVIEWED\x10\x03*\x87\x01\n\x0bReviewLabel\x12\x1c\n\x18REVIEW_LABEL_UNSPECIFIED\x10\x00\x12\x1e\n\x1aREVIEW_LABEL_TRUE_POSITIVE\x10\x01\x12\x1f\n\x1bREVIEW_LABEL_FALSE_POSITIVE\x10\x02\x12\x19\n\x15REVIEW_LABEL_ESCALATE\x10\x03\x32\x8b\x03\n\x06Traces\x12S\n\nListTraces\x12!.latentguard.v1.ListTracesRequest\x1a\".latentguard.v1.ListTracesResponse\x12\x42\n\x08GetTrace\x12\x1f.latentguard.v1.GetTraceRequest\x1a\x15.latentguard.v1.Trace\x12H\n\x0bReviewTrace\x12\".latentguard.v1.ReviewTraceRequest\x1a\x15.latentguard.v1.Trace\x12L\n\x0cStreamAlerts\x12#.latentguard.v1.StreamAlertsRequest\x1a\x15.latentguard.v1.Alert0\x01\x12P\n\tAckAlerts\x12 .latentguard.v1.AckAlertsRequest\x1a!.latentguard.v1.AckAlertsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'latentguard.v1.traces_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRACESTATUS']._serialized_start=1748
-  _globals['_TRACESTATUS']._serialized_end=1868
-  _globals['_REVIEWLABEL']._serialized_start=1871
-  _globals['_REVIEWLABEL']._serialized_end=2006
+  _globals['_TRACESTATUS']._serialized_start=1794
+  _globals['_TRACESTATUS']._serialized_end=1914
+  _globals['_REVIEWLABEL']._serialized_start=1917
+  _globals['_REVIEWLABEL']._serialized_end=2052
   _globals['_REVIEW']._serialized_start=109
   _globals['_REVIEW']._serialized_end=233
   _globals['_TRACE']._serialized_start=236
-  _globals['_TRACE']._serialized_end=863
-  _globals['_LISTTRACESREQUEST']._serialized_start=866
-  _globals['_LISTTRACESREQUEST']._serialized_end=1125
-  _globals['_LISTTRACESRESPONSE']._serialized_start=1127
-  _globals['_LISTTRACESRESPONSE']._serialized_end=1211
-  _globals['_GETTRACEREQUEST']._serialized_start=1213
-  _globals['_GETTRACEREQUEST']._serialized_end=1242
-  _globals['_REVIEWTRACEREQUEST']._serialized_start=1244
-  _globals['_REVIEWTRACEREQUEST']._serialized_end=1352
-  _globals['_STREAMALERTSREQUEST']._serialized_start=1355
-  _globals['_STREAMALERTSREQUEST']._serialized_end=1499
-  _globals['_ALERT']._serialized_start=1502
-  _globals['_ALERT']._serialized_end=1653
-  _globals['_ACKALERTSREQUEST']._serialized_start=1655
-  _globals['_ACKALERTSREQUEST']._serialized_end=1710
-  _globals['_ACKALERTSRESPONSE']._serialized_start=1712
-  _globals['_ACKALERTSRESPONSE']._serialized_end=1746
-  _globals['_TRACES']._serialized_start=2009
-  _globals['_TRACES']._serialized_end=2404
+  _globals['_TRACE']._serialized_end=909
+  _globals['_LISTTRACESREQUEST']._serialized_start=912
+  _globals['_LISTTRACESREQUEST']._serialized_end=1171
+  _globals['_LISTTRACESRESPONSE']._serialized_start=1173
+  _globals['_LISTTRACESRESPONSE']._serialized_end=1257
+  _globals['_GETTRACEREQUEST']._serialized_start=1259
+  _globals['_GETTRACEREQUEST']._serialized_end=1288
+  _globals['_REVIEWTRACEREQUEST']._serialized_start=1290
+  _globals['_REVIEWTRACEREQUEST']._serialized_end=1398
+  _globals['_STREAMALERTSREQUEST']._serialized_start=1401
+  _globals['_STREAMALERTSREQUEST']._serialized_end=1545
+  _globals['_ALERT']._serialized_start=1548
+  _globals['_ALERT']._serialized_end=1699
+  _globals['_ACKALERTSREQUEST']._serialized_start=1701
+  _globals['_ACKALERTSREQUEST']._serialized_end=1756
+  _globals['_ACKALERTSRESPONSE']._serialized_start=1758
+  _globals['_ACKALERTSRESPONSE']._serialized_end=1792
+  _globals['_TRACES']._serialized_start=2055
+  _globals['_TRACES']._serialized_end=2450
 # @@protoc_insertion_point(module_scope)

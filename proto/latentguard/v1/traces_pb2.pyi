@@ -46,7 +46,7 @@ class Review(_message.Message):
     def __init__(self, label: _Optional[_Union[ReviewLabel, str]] = ..., reviewer: _Optional[str] = ..., note: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Trace(_message.Message):
-    __slots__ = ("id", "request_tag", "model", "policy", "started_at", "ended_at", "status", "max_severity", "rules_hit", "finish_reason", "blocked", "blocked_by", "prompt_tokens", "completion_tokens", "otel_trace_id", "otel_span_id", "monitoring_gap", "prompt_text", "completion_text", "tokens", "hits", "reviews")
+    __slots__ = ("id", "request_tag", "model", "policy", "started_at", "ended_at", "status", "max_severity", "rules_hit", "finish_reason", "blocked", "blocked_by", "prompt_tokens", "completion_tokens", "otel_trace_id", "otel_span_id", "monitoring_gap", "prompt_text", "completion_text", "tokens", "hits", "reviews", "tokens_dropped", "hits_dropped")
     ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_TAG_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,8 @@ class Trace(_message.Message):
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
     REVIEWS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    HITS_DROPPED_FIELD_NUMBER: _ClassVar[int]
     id: str
     request_tag: str
     model: str
@@ -91,7 +93,9 @@ class Trace(_message.Message):
     tokens: _containers.RepeatedCompositeFieldContainer[_common_pb2.TokenRecord]
     hits: _containers.RepeatedCompositeFieldContainer[_common_pb2.RuleHit]
     reviews: _containers.RepeatedCompositeFieldContainer[Review]
-    def __init__(self, id: _Optional[str] = ..., request_tag: _Optional[str] = ..., model: _Optional[str] = ..., policy: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[TraceStatus, str]] = ..., max_severity: _Optional[_Union[_common_pb2.Severity, str]] = ..., rules_hit: _Optional[_Iterable[str]] = ..., finish_reason: _Optional[str] = ..., blocked: _Optional[bool] = ..., blocked_by: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., otel_trace_id: _Optional[str] = ..., otel_span_id: _Optional[str] = ..., monitoring_gap: _Optional[bool] = ..., prompt_text: _Optional[str] = ..., completion_text: _Optional[str] = ..., tokens: _Optional[_Iterable[_Union[_common_pb2.TokenRecord, _Mapping]]] = ..., hits: _Optional[_Iterable[_Union[_common_pb2.RuleHit, _Mapping]]] = ..., reviews: _Optional[_Iterable[_Union[Review, _Mapping]]] = ...) -> None: ...
+    tokens_dropped: int
+    hits_dropped: int
+    def __init__(self, id: _Optional[str] = ..., request_tag: _Optional[str] = ..., model: _Optional[str] = ..., policy: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[TraceStatus, str]] = ..., max_severity: _Optional[_Union[_common_pb2.Severity, str]] = ..., rules_hit: _Optional[_Iterable[str]] = ..., finish_reason: _Optional[str] = ..., blocked: _Optional[bool] = ..., blocked_by: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., otel_trace_id: _Optional[str] = ..., otel_span_id: _Optional[str] = ..., monitoring_gap: _Optional[bool] = ..., prompt_text: _Optional[str] = ..., completion_text: _Optional[str] = ..., tokens: _Optional[_Iterable[_Union[_common_pb2.TokenRecord, _Mapping]]] = ..., hits: _Optional[_Iterable[_Union[_common_pb2.RuleHit, _Mapping]]] = ..., reviews: _Optional[_Iterable[_Union[Review, _Mapping]]] = ..., tokens_dropped: _Optional[int] = ..., hits_dropped: _Optional[int] = ...) -> None: ...
 
 class ListTracesRequest(_message.Message):
     __slots__ = ("start_time", "end_time", "rule", "min_severity", "status", "page_size", "page_token")
