@@ -77,6 +77,9 @@ class Source:
     filename: str
     sha256: str
     kind: str
+    split: str | None = None
+    """``train`` or ``heldout``, frozen in the manifest once assigned, so that adding packages
+    never moves one that was already fit on (the SAE's training mix reads the train ones)."""
 
 
 def load_manifest(path: Path) -> list[Source]:
@@ -193,7 +196,8 @@ def build(sources: Sequence[Source], cache: Path, *, heldout_fraction: float = 0
           seed: int = 0, max_functions: int | None = 400, min_lines: int = 3,
           max_lines: int = 60, jobs: int = 2) -> list[dict[str, Any]]:
     """Fetch, verify, extract and label every package; rows deduplicated, with their split."""
-    splits = split_packages(sources, heldout_fraction, seed)
+    splits = {s.package: s.split for s in sources if s.split}
+    splits |= split_packages([s for s in sources if not s.split], heldout_fraction, seed)
     downloads = cache / "downloads"
     per_package: dict[str, list[dict[str, Any]]] = {}
 
@@ -271,10 +275,12 @@ def pin(names: Sequence[str], kind: str, manifest: Path) -> list[Source]:
                        else path.name[len(name) + 1:].split(".tar")[0].split(".zip")[0])
             src = Source(package=name, version=version, filename=path.name,
                          sha256=sha256_of(path), kind=kind)
-        data["packages"].append(asdict(src))
         have.add(normalize(name))
         added.append(src)
         logger.info("pinned %s %s (%s)", name, version, src.filename)
+    # The new packages' split, stratified by kind among themselves, frozen from now on.
+    splits = split_packages(added)
+    data["packages"] += [asdict(src) | {"split": splits[src.package]} for src in added]
     manifest.write_text(json.dumps(data, indent=1) + "\n")
     return added
 

@@ -573,7 +573,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 len(test_rows), res.tokens, res.seconds, res.tokens / res.seconds)
     tr_f, te_f = snippet_features(sae, rows), snippet_features(sae, t_rows)
     y, t_y = labels(train_rows), labels(test_rows)
-    sources = [r["source"] for r in train_rows]
+    # CV folds by package where the data has one (the third-party corpus), else by file.
+    sources = [r.get("group") or r["source"] for r in train_rows]
 
     l2 = args.probe_l2[0] if len(args.probe_l2) == 1 else args.probe_l2
     cands = evaluate((tr_f, rows, y), (te_f, t_rows, t_y), l2, sources)

@@ -77,7 +77,8 @@ class TopKTrainee(nn.Module):
                 dead_pre = torch.where(dead_mask[None], pre, torch.finfo(pre.dtype).min)
                 aux_indices = dead_pre.topk(n_aux, dim=-1, sorted=False).indices
                 indices = torch.cat([indices, aux_indices], dim=1)
-        selected = _SelectedPreActs.apply(xc, self.W_enc, self.b_enc, indices, pre)
+        selected: Tensor = _SelectedPreActs.apply(  # type: ignore[no-untyped-call]
+            xc, self.W_enc, self.b_enc, indices, pre)
         acts, top_indices = selected[:, :self.k].relu(), indices[:, :self.k]
         recon = self.decode(acts, top_indices) + self.b_dec
         err = x - recon

@@ -1,0 +1,87 @@
+"""Leave-one-situation-out on planted data: the held-out situation is never fit on, the
+baseline sees words only, and a bad line names its file and line."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import deception_loso as dl
+
+
+def _rows(n_situations: int = 3, pairs: int = 12) -> list[dl.DeceptionText]:
+    rng = random.Random(0)
+    vocab = [f"w{i}" for i in range(40)]
+    out = []
+    for s in range(n_situations):
+        for p in range(1, pairs + 1):
+            for label in (0, 1):
+                text = " ".join(rng.choice(vocab) for _ in range(12))
+                out.append(dl.DeceptionText(id=f"s{s}/{p}/{'hd'[label]}", situation=f"s{s}",
+                                            pair=p, kind="matched", label=label, voice="x",
+                                            text=text))
+    return out
+
+
+def test_planted_residual_direction_is_found_held_out_and_words_are_chance() -> None:
+    data = _rows()
+    gen = torch.Generator().manual_seed(0)
+    planted = torch.randn(16, generator=gen)
+    rows = []
+    for r in data:
+        x = torch.randn(5, 16, generator=gen)
+        if r.label:
+            x[2] += 3 * planted  # one token carries it, as a lie carried by one phrase
+        rows.append(x)
+    dets = dl.detectors(data, rows, None, 0)
+    res = dl.leave_one_situation_out(data, dets)
+    assert [s.name for s in res] == ["s0", "s1", "s2"]
+    summary = dl.summarize(res)
+    assert summary["probe-max"].mean_auroc > 0.95
+    assert summary["probe-mean"].mean_auroc > 0.9
+    assert 0.25 < summary["bow"].mean_auroc < 0.75  # random words: no signal
+    assert summary["probe-max"].ships and not summary["bow"].ships
+
+
+def test_a_detector_that_only_matches_the_baseline_does_not_ship() -> None:
+    s = [dl.Situation("a", 10, {"bow": 0.85, "probe-max": 0.9}, {}, {}, {}),
+         dl.Situation("b", 10, {"bow": 0.85, "probe-max": 0.9}, {}, {}, {})]
+    summary = dl.summarize(s)
+    assert summary["probe-max"].mean_auroc == pytest.approx(0.9)
+    assert not summary["probe-max"].ships  # 0.05 over the words, not 0.1
+
+
+def test_bag_of_words_uses_only_the_fitting_texts_vocabulary() -> None:
+    vec = dl.BagOfWords.fit(["the car was fine", "the car was hit"], min_count=2)
+    assert set(vec.vocab) == {"the", "car", "was", "the car", "car was"}
+    x = vec(["a car was hit", "nothing here"])
+    assert x[0].sum() == 3 and x[1].sum() == 0
+
+
+def test_bad_line_names_file_and_line(tmp_path: Path) -> None:
+    good = _rows(1, 1)[0].model_dump()
+    (tmp_path / "s0.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(good | {"label": 2})
+                                       + "\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match=r"s0\.jsonl:2: label"):
+        dl.read_data(tmp_path)
+    (tmp_path / "s0.jsonl").write_text(json.dumps(good | {"situation": "other"}) + "\n")
+    with pytest.raises(SystemExit, match=r"s0\.jsonl:1: situation"):
+        dl.read_data(tmp_path)
+
+
+def test_shipped_data_has_sixteen_situations_of_matched_and_instructed_pairs() -> None:
+    data = dl.read_data()
+    by = {}
+    for r in data:
+        by.setdefault(r.situation, []).append(r)
+    assert len(by) >= 10
+    matched = sum(1 for r in data if r.kind == "matched" and r.label == 1)
+    assert matched >= 600
+    for rows in by.values():
+        pairs = {(r.pair, r.label) for r in rows}
+        assert len(pairs) == len(rows)  # each pair exactly one honest, one deceptive text
+        assert {p for p, _ in pairs if (p, 0) in pairs} == {p for p, _ in pairs}
