@@ -85,3 +85,14 @@ def test_shipped_data_has_sixteen_situations_of_matched_and_instructed_pairs() -
         pairs = {(r.pair, r.label) for r in rows}
         assert len(pairs) == len(rows)  # each pair exactly one honest, one deceptive text
         assert {p for p, _ in pairs if (p, 0) in pairs} == {p for p, _ in pairs}
+
+
+def test_window_mean_max_is_the_rule_engines_running_mean() -> None:
+    from latentguard.monitors.rules.schema import Window
+    from latentguard.monitors.rules.windows import make_window
+
+    gen = torch.Generator().manual_seed(1)
+    scores = torch.randn(50, generator=gen, dtype=torch.float64)
+    agg = make_window(Window(size=8, agg="mean"))
+    engine = max(agg.push(float(v), i)[0] for i, v in enumerate(scores))
+    assert float(dl.window_mean_max(scores, 8)) == pytest.approx(engine, rel=1e-12)
