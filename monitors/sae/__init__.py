@@ -6,6 +6,7 @@ from latentguard.monitors.sae.formats import SAEFormat, detect_format, format_na
 from latentguard.monitors.sae.formats.saelens import save_saelens
 from latentguard.monitors.sae.gated import GatedSAE
 from latentguard.monitors.sae.hooks import HookSite, parse_hook_name
+from latentguard.monitors.sae.identity import SAEIdentity, weights_sha256
 from latentguard.monitors.sae.jumprelu import JumpReLUSAE
 from latentguard.monitors.sae.loading import load_sae
 from latentguard.monitors.sae.registry import (
@@ -24,6 +25,7 @@ __all__ = [
     "MonitorEncoding",
     "SAEConfig",
     "SAEFormat",
+    "SAEIdentity",
     "StandardSAE",
     "TopKSAE",
     "architecture_class",
@@ -35,4 +37,5 @@ __all__ = [
     "parse_hook_name",
     "register_architecture",
     "save_saelens",
+    "weights_sha256",
 ]

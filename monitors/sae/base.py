@@ -17,6 +17,7 @@ from torch import Tensor
 
 from latentguard.monitors.errors import SAEFormatError, ShapeError, UnknownFeatureError
 from latentguard.monitors.sae.config import SAEConfig
+from latentguard.monitors.sae.identity import HASH_CHARS, SAEIdentity, weights_sha256
 
 __all__ = ["SAE", "MonitorEncoding"]
 
@@ -53,13 +54,15 @@ class SAE:
     }
     """Required tensors and their shapes in terms of ``d_in`` / ``d_sae``."""
 
-    def __init__(self, cfg: SAEConfig, tensors: dict[str, Tensor], *, source: str = "<memory>"):
+    def __init__(self, cfg: SAEConfig, tensors: dict[str, Tensor], *, source: str = "<memory>",
+                 identity: SAEIdentity | None = None):
         if cfg.architecture != self.architecture:
             raise SAEFormatError(
                 source, f"config architecture {cfg.architecture!r} given to {type(self).__name__}"
             )
         self.cfg = cfg
         self.source = source
+        self._identity = identity
         dims = {"d_in": cfg.d_in, "d_sae": cfg.d_sae}
         self._tensors: dict[str, Tensor] = {}
         dtype = tensors["W_dec"].dtype if "W_dec" in tensors else None
@@ -99,6 +102,17 @@ class SAE:
         return self.cfg.layer
 
     @property
+    def identity(self) -> SAEIdentity:
+        """Which SAE this is: the hash of its weights as read from disk (`load_sae` computes
+        it before converting the dtype), with its name and hook; for an SAE built in memory,
+        the hash of its tensors, computed on first use."""
+        if self._identity is None:
+            self._identity = SAEIdentity(
+                name=self.cfg.model_name[:128], hook=self.hook_name[:128],
+                sha256=weights_sha256(self._tensors)[:HASH_CHARS])
+        return self._identity
+
+    @property
     def dtype(self) -> torch.dtype:
         return self._tensors["W_dec"].dtype
 
@@ -123,9 +137,10 @@ class SAE:
         return dict(self._tensors)
 
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> SAE:
-        """A copy with tensors converted (the original is unchanged)."""
+        """A copy with tensors converted (the original is unchanged); the same SAE, so the
+        same identity."""
         tensors = {k: v.to(dtype=dtype, device=device) for k, v in self._tensors.items()}
-        return type(self)(self.cfg, tensors, source=self.source)
+        return type(self)(self.cfg, tensors, source=self.source, identity=self.identity)
 
     def __repr__(self) -> str:
         return (

@@ -10,6 +10,7 @@ import torch
 from latentguard.monitors.errors import SAEFormatError
 from latentguard.monitors.sae.base import SAE
 from latentguard.monitors.sae.formats import detect_format, get_format
+from latentguard.monitors.sae.identity import HASH_CHARS, SAEIdentity, sae_name, weights_sha256
 from latentguard.monitors.sae.registry import architecture_class
 
 __all__ = ["load_sae"]
@@ -52,7 +53,12 @@ def load_sae(
         raise SAEFormatError(
             p, f"tensor not used by a {cfg.architecture} SAE; refusing to ignore it", key=extra[0]
         )
+    # Hashed as read, before the dtype changes: the identity is the file's, whatever is asked.
+    identity = SAEIdentity(name=sae_name(cfg.model_name, cfg.hook_name, p)[:128],
+                           hook=cfg.hook_name[:128],
+                           sha256=weights_sha256(tensors)[:HASH_CHARS])
     tensors = {k: v.to(dtype=dtype, device=device) for k, v in tensors.items()}
-    sae = cls(cfg, tensors, source=str(p))
-    logger.info("loaded %s SAE from %s (%s): %r", cfg.architecture, p, fmt.name, sae)
+    sae = cls(cfg, tensors, source=str(p), identity=identity)
+    logger.info("loaded %s SAE from %s (%s): %r, %s", cfg.architecture, p, fmt.name, sae,
+                identity)
     return sae
