@@ -70,7 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.copy2(f, probes / f.name)
         if (folder / "features.json").is_file():
             merge_catalog(catalog, json.loads((folder / "features.json").read_text())["features"])
-    text = "\n".join(header) + "\n" + dump_rule_pack({"rules": rules, "policies": POLICIES})
+    # The pack records the SAE it was written for: a sidecar that loads another does not apply it.
+    text = "\n".join(header) + "\n" + dump_rule_pack(
+        {"sae": sae.identity.model_dump(), "rules": rules, "policies": POLICIES})
     load_rule_pack(text, source="rules.yaml")
     probe_set = ProbeSet.load(probes, d_in=sae.d_in, d_sae=sae.d_sae)
     (args.sae / "rules.yaml").write_text(text, "utf-8")

@@ -5,7 +5,8 @@ map errors to gRPC status codes in one place:
 
 * :class:`SAEFormatError`, :class:`RuleValidationError`, :class:`ShapeError`,
   :class:`UnknownFeatureError` -> invalid argument (the caller sent or configured something wrong);
-* :class:`NotFoundError` -> not found.
+* :class:`NotFoundError` -> not found;
+* :class:`SAEMismatchError` -> failed precondition (the rule is fine, the loaded SAE is another).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ __all__ = [
     "NotFoundError",
     "RuleValidationError",
     "SAEFormatError",
+    "SAEMismatchError",
     "ShapeError",
     "UnknownFeatureError",
 ]
@@ -117,6 +119,31 @@ class UnknownFeatureError(MonitorError):
         problem and drop both)."""
         rebuild = functools.partial(UnknownFeatureError, field=self.field, rule=self.rule)
         return rebuild, (self.problem,)
+
+
+class SAEMismatchError(MonitorError):
+    """A rule written for one SAE was given to a monitor that loads another.
+
+    ``field`` is the dotted path of the rule's ``sae`` (``rule.sae``, ``rules[2].sae``, or a
+    pack's ``sae``), ``rule`` its name; ``written_for`` and ``loaded`` are the two SAEs'
+    identities as shown to people (name, hook and hash); ``source`` and ``line`` the pack file
+    and line, when the rule came from one.
+    """
+
+    def __init__(self, field: str, rule: str, *, written_for: object, loaded: object,
+                 source: str = "", line: int | None = None) -> None:
+        self.field = field
+        self.rule = rule
+        self.written_for = str(written_for)
+        self.loaded = str(loaded)
+        self.source = source
+        self.line = line
+        self.problem = (f"rule {rule!r} was written for SAE {self.written_for}, but this "
+                        f"sidecar loads SAE {self.loaded}; feature indices and probes mean "
+                        "nothing outside the SAE they were found in (bind to the loaded SAE "
+                        "only if they mean the same there)")
+        where = f"{source}:{line}: " if source and line else f"{source}: " if source else ""
+        super().__init__(where + (f"{field}: {self.problem}" if field else self.problem))
 
 
 class NotFoundError(MonitorError):

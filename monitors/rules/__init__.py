@@ -1,5 +1,6 @@
 """Rules, policies and rule packs: the YAML schema and its loader."""
 
+from latentguard.monitors.rules.binding import bind_pack, binding_problem, check_binding
 from latentguard.monitors.rules.engine import RuleEngine
 from latentguard.monitors.rules.hits import Evidence, RuleHit
 from latentguard.monitors.rules.loading import (
@@ -45,6 +46,9 @@ __all__ = [
     "Steer",
     "SteerFeature",
     "Window",
+    "bind_pack",
+    "binding_problem",
+    "check_binding",
     "dump_rule_pack",
     "load_rule_pack",
     "probe_scores",

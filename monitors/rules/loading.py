@@ -37,8 +37,15 @@ class _PlainDumper(yaml.SafeDumper):
 
 def dump_rule_pack(data: Mapping[str, Any], *, width: int = 100) -> str:
     """YAML of a rule pack's plain data that `load_rule_pack` reads back (no aliases, which
-    PyYAML writes for any value that appears twice)."""
-    return yaml.dump(dict(data), Dumper=_PlainDumper, sort_keys=False, allow_unicode=True,
+    PyYAML writes for any value that appears twice). A rule's ``sae`` equal to the pack's is
+    left out: loading gives it back to the rule."""
+    data = dict(data)
+    sae = data.get("sae")
+    if sae is not None and isinstance(data.get("rules"), list):
+        data["rules"] = [{k: v for k, v in r.items() if k != "sae"}
+                         if isinstance(r, Mapping) and r.get("sae") == sae else r
+                         for r in data["rules"]]
+    return yaml.dump(data, Dumper=_PlainDumper, sort_keys=False, allow_unicode=True,
                      width=width)
 
 

@@ -10,9 +10,17 @@ from __future__ import annotations
 
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from latentguard.monitors.errors import RuleValidationError
+from latentguard.monitors.sae.identity import SAEIdentity
 
 __all__ = [
     "NAME_PATTERN",
@@ -183,6 +191,10 @@ class Rule(_Model):
     """Which tokens the rule looks at: prompt tokens, generated tokens, or both."""
     when: Condition
     action: Action = Action()
+    sae: SAEIdentity | None = None
+    """The SAE the rule was written for: its feature indices and probes mean something only
+    there, so a sidecar that loads another SAE does not apply it (``monitors.rules.binding``).
+    None until the rule is bound (a pack's ``sae:``, or the sidecar it is applied to)."""
 
 
 class Policy(_Model):
@@ -207,8 +219,32 @@ class Policy(_Model):
 class RulePack(_Model):
     """The content of one rule file."""
 
+    sae: SAEIdentity | None = None
+    """The SAE the pack was written for: every rule without its own ``sae`` gets it."""
     rules: list[Rule] = []
     policies: list[Policy] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rules_get_the_pack_sae(cls, data: Any) -> Any:
+        """The pack's ``sae`` copied into each rule that has none, so each rule records the
+        SAE it was written for when it is stored on its own. An invalid pack ``sae`` is left
+        for the field's own error (and not repeated on every rule)."""
+        if not isinstance(data, dict) or data.get("sae") is None \
+                or not isinstance(data.get("rules"), list):
+            return data
+        try:
+            sae = SAEIdentity.model_validate(data["sae"])
+        except ValidationError:
+            return data
+        rules: list[Any] = []
+        for rule in data["rules"]:
+            if isinstance(rule, dict) and rule.get("sae") is None:
+                rule = {**rule, "sae": sae}
+            elif isinstance(rule, Rule) and rule.sae is None:
+                rule = rule.model_copy(update={"sae": sae})
+            rules.append(rule)
+        return {**data, "rules": rules}
 
     @model_validator(mode="after")
     def _check_references(self) -> RulePack:
