@@ -5,8 +5,10 @@ It installs nothing but a one-shot global forward pre-hook: the first module for
 worker finds the model runner, attaches the capture to the model and removes itself.
 Blocking also needs the logits processor: start vLLM with
 `--logits-processors latentguard.plugin.logits:LatentguardLogitsProcessor` (the
-`latentguard vllm` launcher adds it). The capture is a custom op, so eager and compiled mode
-both work (see `_tap`).
+`latentguard vllm` launcher adds it), and for OpenAI clients to see a block as
+`finish_reason: "content_filter"`, the middleware (`--middleware
+latentguard.plugin.middleware.ContentFilterMiddleware`; the launcher adds it too). The capture
+is a custom op, so eager and compiled mode both work (see `_tap`).
 """
 
 from __future__ import annotations

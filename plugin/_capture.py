@@ -25,6 +25,7 @@ from latentguard.monitors.rules import Steer
 from latentguard.monitors.sae import SAE
 from latentguard.plugin._affinity import helper_cpus, move_current_thread
 from latentguard.plugin._client import SidecarClient
+from latentguard.plugin._notices import NOTICE_ARG, Notice, NoticeSender, notices_dir
 from latentguard.plugin._settings import PluginSettings
 from latentguard.plugin._tap import check_compilation, key_compile_cache, wrap_layer
 from latentguard.v1 import monitor_pb2, rules_pb2
@@ -46,6 +47,9 @@ class Tracked:
     state: Any  # vLLM's CachedRequestState (its output_token_ids grows as tokens are sampled)
     generation: int = -1  # client generation the request was announced on
     blocked_by: str = ""
+    block_reason: str = ""
+    notice: str = ""  # the middleware's key (NOTICE_ARG): told of the block once it applies
+    noticed: bool = False
     steer: Steer | None = None
     steer_left: int | None = None
     gap: bool = False
@@ -78,6 +82,7 @@ class Capture:
                                   d_model=int(model_config.get_hidden_size()))
         # Called on the model's thread, after vLLM bound it to its cores.
         self.client = SidecarClient(settings, hello, cpus=helper_cpus(settings.cpus))
+        self.notices = NoticeSender(notices_dir())
 
     # ---- attaching ----------------------------------------------------------------------
 
@@ -216,7 +221,8 @@ class Capture:
                 state = requests[rid]
                 extra = (state.sampling_params.extra_args or {}) if state.sampling_params else {}
                 t = Tracked(rid=rid, tag=str(extra.get(TAG_ARG) or rid),
-                            policy=str(extra.get(POLICY_ARG) or ""), state=state)
+                            policy=str(extra.get(POLICY_ARG) or ""), state=state,
+                            notice=str(extra.get(NOTICE_ARG) or ""))
                 self.tracked[rid] = t
                 if extra.get(STEER_ARG):
                     self._own_steer(t, extra[STEER_ARG])
@@ -330,6 +336,7 @@ class Capture:
                 else self.settings.on_failure == "closed"
             if closed and not t.blocked_by:
                 t.blocked_by = UNAVAILABLE
+                t.block_reason = "the sidecar did not answer and the policy fails closed"
                 log.warning("latentguard: blocking %s (sidecar unavailable, fail-closed)", t.tag)
             t.gap = True
 
@@ -347,7 +354,7 @@ class Capture:
             if v is None:
                 continue
             if v.kind == "block" and not t.blocked_by:
-                t.blocked_by = v.rule or "blocked"
+                t.blocked_by, t.block_reason = v.rule or "blocked", v.reason
                 log.info("latentguard: blocking %s: %s", t.tag, v.reason)
             elif v.kind == "steer" and v.steer is not None:
                 t.steer, t.steer_left = v.steer, v.steer.tokens or None
@@ -377,5 +384,15 @@ class Capture:
     # ---- for the logits processor -------------------------------------------------------
 
     def rows_to_block(self) -> list[int]:
+        """The batch rows of blocked requests; the API server hears of each block here, once,
+        before its EOS is sampled (see `_notices`)."""
         index = self.runner.input_batch.req_id_to_index
-        return [index[rid] for rid, t in self.tracked.items() if t.blocked_by and rid in index]
+        rows = []
+        for rid, t in self.tracked.items():
+            if t.blocked_by and rid in index:
+                rows.append(index[rid])
+                if t.notice and not t.noticed:
+                    t.noticed = True
+                    self.notices.send(Notice(key=t.notice, request_id=rid, rule=t.blocked_by,
+                                             reason=t.block_reason, tag=t.tag))
+        return rows
