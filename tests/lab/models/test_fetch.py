@@ -143,6 +143,38 @@ def test_marker_marks_a_finished_fetch(tmp_path: Path) -> None:
     assert not is_fetched(GEMMA_3_270M, folder)
 
 
+def test_gemma_chat_template_is_gemmas_turn_format() -> None:
+    import jinja2
+
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi "},
+                {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "2+2?"}]
+    text = jinja2.Environment().from_string(registry.GEMMA_CHAT_TEMPLATE).render(
+        bos_token="<bos>", messages=messages, add_generation_prompt=True)
+    assert text == ("<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n"
+                    "<start_of_turn>model\nHello.<end_of_turn>\n"
+                    "<start_of_turn>user\n2+2?<end_of_turn>\n<start_of_turn>model\n")
+    assert GEMMA_3_270M.chat_template == registry.GEMMA_CHAT_TEMPLATE
+
+
+def test_a_fetched_folder_gets_its_chat_template(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = replace(GEMMA_3_270M, name="tpl", gguf_sha256="1" * 64)
+    _register(monkeypatch, spec)
+    folder = tmp_path / "tpl"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    write_marker(spec, folder, 1.0)  # fetched before the spec had a template
+    assert not fetch_mod.has_chat_template(folder)
+    assert fetch_model("tpl", tmp_path, progress=False).cached
+    assert (folder / "chat_template.jinja").read_text() == spec.chat_template
+    assert is_fetched(spec, folder)  # the marker still holds
+    # A template the folder brings is kept.
+    (folder / "chat_template.jinja").unlink()
+    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ own }}"}))
+    fetch_mod.write_chat_template(spec, folder)
+    assert not (folder / "chat_template.jinja").exists()
+
+
 # ---- end to end, offline --------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
