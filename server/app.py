@@ -13,11 +13,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from latentguard.monitors.rules import load_rule_pack
 from latentguard.server.auth import Authenticator, AuthInterceptor
 from latentguard.server.config import Settings
 from latentguard.server.decoding import DecodeInterceptor
 from latentguard.server.events import Watchers
+from latentguard.server.packs import apply_rules_file
 from latentguard.server.runtime import MonitorRuntime, sae_rules_file
 from latentguard.server.services.features import FeaturesService
 from latentguard.server.services.monitor import MonitorService
@@ -85,10 +85,14 @@ class Sidecar:
             url, s.data_dir, prefix=s.redis_prefix,
             retention=timedelta(days=s.trace_retention_days), alert_maxlen=s.alert_stream_maxlen,
         )
+        self.runtime = runtime = MonitorRuntime(s, self.store, self.telemetry)
+        await runtime.load_sae()
         rules_file = s.rules_file or sae_rules_file(s.sae_path)
-        if rules_file is not None:
-            await self._apply_rules_file(Path(rules_file))
-        self.runtime = await MonitorRuntime.create(s, self.store, self.telemetry)
+        if rules_file is not None:  # bound to the SAE just loaded
+            await apply_rules_file(self.store, Path(rules_file), runtime.sae_identity,
+                                   replace_stale=s.replace_stale_rules)
+        await runtime.reload()
+        await asyncio.to_thread(runtime.warm_up)
         self.writer = TraceWriter(self.store, s.data_dir, spool_max_bytes=s.spool_max_mb << 20,
                                   drain_s=s.stop_drain_s).start()
         self._tasks.append(asyncio.create_task(self.store.watch_changes(self.runtime.on_change)))
@@ -103,7 +107,7 @@ class Sidecar:
             ],
         )
         rules_pb2_grpc.add_RulesServicer_to_server(
-            RulesService(self.store, self.auth, self.runtime.rule_checker), server)
+            RulesService(self.store, self.auth, self.runtime), server)
         traces_pb2_grpc.add_TracesServicer_to_server(
             TracesService(self.store, self.auth, self.runtime.labels,
                           claim_idle_ms=int(s.alert_claim_idle_s * 1000)), server)
@@ -151,21 +155,6 @@ class Sidecar:
             port = server.add_insecure_port(s.listen)
         host = s.listen.rsplit(":", 1)[0]
         return f"{host}:{port}"
-
-    async def _apply_rules_file(self, path: Path) -> None:
-        """Adds the file's rules and policies that the store does not have yet."""
-        assert self.store is not None
-        pack = load_rule_pack(path.read_text(), source=str(path))
-        existing = {v.name for v in await self.store.rules.list()}
-        for rule in pack.rules:
-            if rule.name not in existing:
-                await self.store.rules.put(rule.name, rule.model_dump(mode="json"),
-                                           expected_version=0, actor=f"file:{path.name}")
-        existing = {v.name for v in await self.store.policies.list()}
-        for policy in pack.policies:
-            if policy.name not in existing:
-                await self.store.policies.put(policy.name, policy.model_dump(mode="json"),
-                                              expected_version=0, actor=f"file:{path.name}")
 
     async def stop(self, grace: float = 5.0) -> None:
         if self.server is not None:

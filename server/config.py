@@ -148,8 +148,15 @@ class Settings(BaseSettings):
     sae_path: Path | None = Field(default=None, description="folder or file of the SAE to load "
                                   "(SAELens, sparsify, Gemma Scope, Llama Scope)")
     rules_file: Path | None = Field(default=None, description="YAML rule pack applied at start "
-                                    "(rules and policies not yet in the store are added); unset: "
-                                    "the `rules.yaml` beside the SAE, if any")
+                                    "(rules and policies not yet in the store are added, the "
+                                    "rules bound to the loaded SAE; a rule written for another "
+                                    "SAE stops the start); unset: the `rules.yaml` beside the "
+                                    "SAE, if any")
+    replace_stale_rules: bool = Field(
+        default=False, description="at start, a rule of that pack whose name is stored for "
+        "another SAE (or for none) replaces the stored one, and so does a policy whose rules "
+        "are all such; `false` keeps them (such rules are listed, not applied)",
+        json_schema_extra={"shown_default": "`false`"})
     default_policy: str = Field(default="default", description="policy of requests that name "
                                 "none")
     model_name: str = Field(default="", description="the served model name, for vLLM's server "

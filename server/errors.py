@@ -90,6 +90,7 @@ _MONITOR_CODES: dict[type[Exception], grpc.StatusCode] = {
     monitor_errors.ShapeError: grpc.StatusCode.INVALID_ARGUMENT,
     monitor_errors.UnknownFeatureError: grpc.StatusCode.INVALID_ARGUMENT,
     monitor_errors.SAEFormatError: grpc.StatusCode.FAILED_PRECONDITION,
+    monitor_errors.SAEMismatchError: grpc.StatusCode.FAILED_PRECONDITION,
     monitor_errors.NotFoundError: grpc.StatusCode.NOT_FOUND,
 }
 
@@ -103,6 +104,9 @@ def status_for(exc: Exception) -> tuple[grpc.StatusCode, str, list[tuple[str, st
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc), list(exc.errors)
     if isinstance(exc, monitor_errors.ShapeError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc), [(exc.field, exc.problem)]
+    if isinstance(exc, monitor_errors.SAEMismatchError):
+        violations = [(exc.field, exc.problem)] if exc.field else []
+        return grpc.StatusCode.FAILED_PRECONDITION, str(exc), violations
     if isinstance(exc, monitor_errors.UnknownFeatureError) and exc.field:
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc), [(exc.field, exc.problem)]
     for cls, code in _MONITOR_CODES.items():

@@ -14,9 +14,9 @@ import torch
 from latentguard.monitors.catalog import FeatureCatalog
 from latentguard.monitors.errors import MonitorError, SAEFormatError
 from latentguard.monitors.probes import ProbeSet
-from latentguard.monitors.rules import Policy, Rule, RuleEngine
+from latentguard.monitors.rules import Policy, Rule, RuleEngine, binding_problem
 from latentguard.monitors.rules.signals import rule_signals
-from latentguard.monitors.sae import SAE, load_sae
+from latentguard.monitors.sae import SAE, SAEIdentity, load_sae
 from latentguard.server.config import Settings
 from latentguard.server.store import Store
 from latentguard.server.telemetry import Telemetry
@@ -54,6 +54,9 @@ class MonitorRuntime:
         self.catalog: FeatureCatalog | None = None
         self.probes: ProbeSet | None = None
         self.rules: dict[str, Rule] = {}
+        """The stored rules this sidecar applies (when enabled)."""
+        self.inactive: dict[str, str] = {}
+        """Stored rules it does not apply, with the reason (written for another SAE, ...)."""
         self.policies: dict[str, Policy] = {}
         self.engine: RuleEngine | None = None
         self.revision = -1
@@ -62,12 +65,23 @@ class MonitorRuntime:
     @classmethod
     async def create(cls, settings: Settings, store: Store, telemetry: Telemetry
                      ) -> MonitorRuntime:
+        """Loads the SAE, then the rules, then warms up (`Sidecar.start` applies its start-up
+        rule pack between the first two: the pack is bound to the loaded SAE)."""
         runtime = cls(settings, store, telemetry)
-        if settings.sae_path is not None:
-            await asyncio.to_thread(runtime._load_sae, Path(settings.sae_path))
+        await runtime.load_sae()
         await runtime.reload()
         await asyncio.to_thread(runtime.warm_up)
         return runtime
+
+    async def load_sae(self) -> None:
+        """The configured SAE with its catalog and probes (none when no SAE is configured)."""
+        if self.settings.sae_path is not None:
+            await asyncio.to_thread(self._load_sae, Path(self.settings.sae_path))
+
+    @property
+    def sae_identity(self) -> SAEIdentity | None:
+        """The loaded SAE's identity, which every rule it applies records."""
+        return self.sae.identity if self.sae is not None else None
 
     def warm_up(self) -> None:
         """One encode, probe pass and rule step on blank rows, before the sidecar answers
@@ -98,7 +112,7 @@ class MonitorRuntime:
         if (folder / PROBES_DIR).is_dir():
             self.probes = ProbeSet.load(folder / PROBES_DIR, d_in=self.sae.d_in,
                                         d_sae=self.sae.d_sae)
-        log.info("loaded %r (catalog: %s, probes: %s)", self.sae,
+        log.info("loaded %r, %s (catalog: %s, probes: %s)", self.sae, self.sae.identity,
                  "yes" if self.catalog else "no", self.probes.names if self.probes else "none")
 
     # ---- rules ------------------------------------------------------------------------------
@@ -113,6 +127,21 @@ class MonitorRuntime:
     def rule_checker(self) -> Callable[[Rule], None] | None:
         return self.check_rule if self.sae is not None else None
 
+    def inactive_reason(self, rule: Rule) -> str | None:
+        """Why this sidecar does not apply a stored rule, whether enabled or not (written for
+        another SAE, no SAE recorded, a feature or probe its SAE lacks); None when it applies
+        it, and always without an SAE (nothing is applied, and nothing to compare with)."""
+        if self.sae is None:
+            return None
+        problem = binding_problem(rule, self.sae.identity)
+        if problem is not None:
+            return problem
+        try:
+            self.check_rule(rule)
+        except MonitorError as exc:
+            return str(exc)
+        return None
+
     def labels(self) -> dict[int, str]:
         return self.catalog.labels() if self.catalog is not None else {}
 
@@ -125,14 +154,16 @@ class MonitorRuntime:
         async with self._lock:
             revision = await self.store.revision()
             rules: dict[str, Rule] = {}
+            inactive: dict[str, str] = {}
             for v in await self.store.rules.list():
                 rule = Rule.model_validate(v.spec)
-                try:
-                    self.check_rule(rule)
-                except MonitorError as exc:
-                    log.error("rule %s left out: %s", rule.name, exc)
+                reason = self.inactive_reason(rule)
+                if reason is None:
+                    rules[rule.name] = rule
                     continue
-                rules[rule.name] = rule
+                inactive[rule.name] = reason
+                if self.inactive.get(rule.name) != reason:  # said once, not at every reload
+                    log.warning("rule %s is not applied: %s", rule.name, reason)
             policies = {v.name: Policy.model_validate(v.spec)
                         for v in await self.store.policies.list()}
             engine = None
@@ -140,8 +171,10 @@ class MonitorRuntime:
                 enabled = [r for r in rules.values() if r.enabled]
                 engine = RuleEngine(enabled, probes=self.probes, d_sae=self.sae.d_sae)
             self.rules, self.policies, self.engine = rules, policies, engine
+            self.inactive = inactive
             self.revision = revision
-            log.info("rules at revision %d: %d rules, %d policies", revision, len(rules),
+            log.info("rules at revision %d: %d rules applied, %d not (%s), %d policies",
+                     revision, len(rules), len(inactive), ", ".join(sorted(inactive)) or "none",
                      len(policies))
 
     def all_policies(self) -> list[Policy]:

@@ -21,13 +21,14 @@ from pydantic import ValidationError
 
 from latentguard.monitors.errors import RuleValidationError, ShapeError
 from latentguard.monitors.rules import Condition, Policy, Rule, RuleHit, Steer
+from latentguard.monitors.sae.identity import SAEIdentity
 from latentguard.v1 import common_pb2, monitor_pb2, rules_pb2, traces_pb2
 
 __all__ = [
     "ACTION", "AGG", "FAILURE", "LABEL", "MODE", "OP", "SCOPE", "SEVERITY", "STATUS",
     "STEER_MODE", "EnumTable", "Stored", "Verdict", "check_steer", "from_timestamp", "hit_proto",
     "policy_dict", "policy_proto", "rule_dict", "rule_proto", "rows_from_proto", "rows_proto",
-    "steer_model", "steer_proto", "to_timestamp", "verdict_model", "verdict_proto",
+    "sae_proto", "steer_model", "steer_proto", "to_timestamp", "verdict_model", "verdict_proto",
 ]
 
 
@@ -184,6 +185,8 @@ def rule_dict(msg: rules_pb2.Rule) -> dict[str, Any]:
     if msg.HasField("enabled"):
         d["enabled"] = msg.enabled
     _put(d, "scope", SCOPE.name(msg.scope))
+    if msg.HasField("sae"):
+        d["sae"] = {"name": msg.sae.name, "hook": msg.sae.hook, "sha256": msg.sae.sha256}
     if msg.HasField("action"):
         action: dict[str, Any] = {}
         _put(action, "type", ACTION.name(msg.action.type))
@@ -245,14 +248,22 @@ def _stamp(msg: rules_pb2.Rule | rules_pb2.Policy, stored: Stored | None) -> Non
         msg.updated_by = stored.updated_by
 
 
-def rule_proto(rule: Rule, stored: Stored | None = None) -> rules_pb2.Rule:
+def sae_proto(sae: SAEIdentity) -> rules_pb2.SAEIdentity:
+    return rules_pb2.SAEIdentity(name=sae.name, hook=sae.hook, sha256=sae.sha256)
+
+
+def rule_proto(rule: Rule, stored: Stored | None = None, inactive_reason: str | None = None
+               ) -> rules_pb2.Rule:
     msg = rules_pb2.Rule(
         name=rule.name, description=rule.description, severity=SEVERITY[rule.severity],
         enabled=rule.enabled, scope=SCOPE[rule.scope], when=_condition_proto(rule.when),
         action=rules_pb2.Action(type=ACTION[rule.action.type]),
+        inactive_reason=inactive_reason or "",
     )
     if rule.action.steer is not None:
         msg.action.steer.CopyFrom(steer_proto(rule.action.steer))
+    if rule.sae is not None:
+        msg.sae.CopyFrom(sae_proto(rule.sae))
     _stamp(msg, stored)
     return msg
 

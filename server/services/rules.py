@@ -7,20 +7,27 @@ import multiprocessing
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
 from latentguard import wire
-from latentguard.monitors.errors import MonitorError, RuleValidationError, UnknownFeatureError
+from latentguard.monitors.errors import (
+    MonitorError,
+    RuleValidationError,
+    SAEMismatchError,
+    UnknownFeatureError,
+)
 from latentguard.monitors.rules import (
     Policy,
     Rule,
+    check_binding,
     load_rule_pack,
     validate_policy,
     validate_rule,
 )
 from latentguard.monitors.rules.loading import MAX_YAML_BYTES, locate
+from latentguard.monitors.sae import SAEIdentity
 from latentguard.server.auth import Authenticator
 from latentguard.server.errors import (
     FailedPrecondition,
@@ -35,6 +42,27 @@ from latentguard.v1 import rules_pb2, rules_pb2_grpc
 
 #: Extra checks against the loaded SAE and probes (feature range, probe names); may raise.
 RuleChecker = Callable[[Rule], None]
+
+
+class LoadedSAE(Protocol):
+    """What the service asks of the sidecar's runtime: the SAE it loads and its checks."""
+
+    @property
+    def sae_identity(self) -> SAEIdentity | None: ...
+
+    def rule_checker(self) -> RuleChecker | None: ...
+
+    def inactive_reason(self, rule: Rule) -> str | None: ...
+
+
+class _NoSAE:
+    sae_identity: SAEIdentity | None = None
+
+    def rule_checker(self) -> RuleChecker | None:
+        return None
+
+    def inactive_reason(self, rule: Rule) -> str | None:
+        return None
 
 
 MAX_NAME = 128
@@ -57,7 +85,9 @@ def _parser_pool() -> ProcessPoolExecutor:
     return _pool
 
 
-Specs = tuple[list[dict[str, Any]], list[dict[str, Any]]]
+Specs = tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any] | None]
+Parsed = tuple[list[Rule], list[Policy], SAEIdentity | None]
+"""A pack's rules, policies and pack-level SAE."""
 
 
 def _pack_specs(text: str, source: str) -> Specs:
@@ -65,21 +95,23 @@ def _pack_specs(text: str, source: str) -> Specs:
     thousands of pydantic models is one long call that holds the GIL; plain dicts are not)."""
     pack = load_rule_pack(text, source)
     return ([r.model_dump(mode="json") for r in pack.rules],
-            [p.model_dump(mode="json") for p in pack.policies])
+            [p.model_dump(mode="json") for p in pack.policies],
+            pack.sae.model_dump() if pack.sae is not None else None)
 
 
-def _from_specs(specs: Specs) -> tuple[list[Rule], list[Policy]]:
+def _from_specs(specs: Specs) -> Parsed:
     """Models again, one small call each (already validated as a pack in the worker)."""
-    rules, policies = specs
+    rules, policies, sae = specs
     return ([Rule.model_validate(r) for r in rules],
-            [Policy.model_validate(p) for p in policies])
+            [Policy.model_validate(p) for p in policies],
+            SAEIdentity.model_validate(sae) if sae is not None else None)
 
 
-async def parse_pack(text: str, source: str) -> tuple[list[Rule], list[Policy]]:
+async def parse_pack(text: str, source: str) -> Parsed:
     """`load_rule_pack` off the event loop, and for large packs off this process's GIL."""
     if len(text) <= IN_PROCESS_YAML or len(text) > MAX_YAML_BYTES:  # small, or refused at once
         pack = await asyncio.to_thread(load_rule_pack, text, source)
-        return pack.rules, pack.policies
+        return pack.rules, pack.policies, pack.sae
     global _pool
     try:
         specs = await asyncio.get_running_loop().run_in_executor(
@@ -101,16 +133,22 @@ def _prefixed(exc: RuleValidationError, prefix: str) -> RuleValidationError:
 
 
 class RulesService(rules_pb2_grpc.RulesServicer):
-    def __init__(self, store: Store, auth: Authenticator,
-                 checker: Callable[[], RuleChecker | None] = lambda: None) -> None:
+    def __init__(self, store: Store, auth: Authenticator, runtime: LoadedSAE | None = None
+                 ) -> None:
         self._store = store
         self._auth = auth
-        self._checker = checker
+        self._runtime: LoadedSAE = runtime if runtime is not None else _NoSAE()
+
+    def _bind(self, rule: Rule, field: str, bind: bool) -> Rule:
+        """The rule bound to the loaded SAE (SAEMismatchError naming ``field`` when it was
+        written for another and ``bind`` is not set); as it is without an SAE."""
+        loaded = self._runtime.sae_identity
+        return check_binding(rule, loaded, bind=bind, field=field) if loaded else rule
 
     def _check(self, rule: Rule, prefix: str) -> None:
         """The loaded SAE's and probes' checks; their errors become RuleValidationErrors
         naming the field."""
-        check = self._checker()
+        check = self._runtime.rule_checker()
         if check is None:
             return
         try:
@@ -119,8 +157,10 @@ class RulesService(rules_pb2_grpc.RulesServicer):
             field = f"{prefix}.{exc.field}" if exc.field else prefix
             raise RuleValidationError(field, exc.problem) from None
 
-    def _validate_rule(self, msg: rules_pb2.Rule, prefix: str = "rule") -> Rule:
-        """Runs in a worker thread: validating and compiling a big rule is CPU work."""
+    def _validate_rule(self, msg: rules_pb2.Rule, prefix: str = "rule", bind: bool = False
+                       ) -> Rule:
+        """Runs in a worker thread: validating and compiling a big rule is CPU work. The rule
+        comes back bound to the loaded SAE."""
         if not msg.name:
             raise InvalidArgument(f"{prefix}.name: required", field=f"{prefix}.name")
         _check_text(msg, prefix)
@@ -128,14 +168,38 @@ class RulesService(rules_pb2_grpc.RulesServicer):
             rule = validate_rule(wire.rule_dict(msg))
         except RuleValidationError as exc:
             raise _prefixed(exc, prefix) from None
+        rule = self._bind(rule, f"{prefix}.sae", bind)  # before its features mean anything
         self._check(rule, prefix)
         return rule
 
-    def _checked_pack(self, rules: list[Rule], policies: list[Policy], text: str, source: str
+    def _checked_pack(self, parsed: Parsed, text: str, source: str, bind: bool
                       ) -> rules_pb2.ValidateRuleResponse:
         """Checks a parsed pack against the SAE and builds the answer; runs in a worker thread,
         since for a pack near the size cap both take a while. A problem names the field as
-        the pack's text wrote it, and its line."""
+        the pack's text wrote it, and its line. Rules for another SAE are refused first (one
+        problem for those that take the pack's ``sae``), unless ``bind``."""
+        rules, policies, pack_sae = parsed
+        mismatched: dict[str, list[SAEMismatchError]] = {}
+        for i, rule in enumerate(rules):
+            try:
+                rules[i] = self._bind(rule, "", bind)
+            except SAEMismatchError as exc:
+                at_pack = pack_sae is not None and rule.sae == pack_sae
+                mismatched.setdefault("sae" if at_pack else f"rules[{i}].sae", []).append(exc)
+        if mismatched:
+            problems = []
+            for field, errors in mismatched.items():
+                problem = errors[0].problem
+                if len(errors) > 1:
+                    names = ", ".join(repr(e.rule) for e in errors[:10])
+                    if len(errors) > 10:
+                        names += f" and {len(errors) - 10} more"
+                    problem = problem.replace(f"rule {errors[0].rule!r} was",
+                                              f"rules {names} were", 1)
+                field, line = locate(text, field)
+                problems.append(rules_pb2.ValidationProblem(field=field, problem=problem,
+                                                            line=line or 0))
+            return rules_pb2.ValidateRuleResponse(valid=False, problems=problems)
         for i, rule in enumerate(rules):
             try:
                 self._check(rule, f"rules[{i}]")
@@ -165,18 +229,29 @@ class RulesService(rules_pb2_grpc.RulesServicer):
     async def ListRules(self, request: rules_pb2.ListRulesRequest,
                         context: grpc.aio.ServicerContext) -> rules_pb2.ListRulesResponse:
         stored = await self._store.rules.list()
-        rules = [(Rule.model_validate(v.spec), v) for v in stored]
-        return rules_pb2.ListRulesResponse(
-            rules=[wire.rule_proto(r, v) for r, v in rules
-                   if r.enabled or not request.enabled_only],
-            revision=await self._store.revision(),
-        )
+        revision = await self._store.revision()
+        msgs = await asyncio.to_thread(self._listed, stored, request.enabled_only)
+        resp = rules_pb2.ListRulesResponse(rules=msgs, revision=revision)
+        if self._runtime.sae_identity is not None:
+            resp.sae.CopyFrom(wire.sae_proto(self._runtime.sae_identity))
+        return resp
+
+    def _listed(self, stored: list[Any], enabled_only: bool) -> list[rules_pb2.Rule]:
+        """Stored rules with why this sidecar does not apply each (a thread: compiling each
+        rule against the SAE is CPU work)."""
+        out = []
+        for v in stored:
+            rule = Rule.model_validate(v.spec)
+            if rule.enabled or not enabled_only:
+                out.append(wire.rule_proto(rule, v, self._runtime.inactive_reason(rule)))
+        return out
 
     @grpc_errors
     async def GetRule(self, request: rules_pb2.GetRuleRequest,
                       context: grpc.aio.ServicerContext) -> rules_pb2.Rule:
         v = await self._store.rules.get(request.name)
-        return wire.rule_proto(Rule.model_validate(v.spec), v)
+        rule = Rule.model_validate(v.spec)
+        return wire.rule_proto(rule, v, self._runtime.inactive_reason(rule))
 
     @grpc_errors
     async def ValidateRule(self, request: rules_pb2.ValidateRuleRequest,
@@ -186,13 +261,14 @@ class RulesService(rules_pb2_grpc.RulesServicer):
         policies: list[Policy] = []
         try:
             if kind == "rule":
-                rules = [await asyncio.to_thread(self._validate_rule, request.rule)]
+                rules = [await asyncio.to_thread(self._validate_rule, request.rule, "rule",
+                                                 request.bind_to_current_sae)]
             elif kind == "yaml":
                 check_length(request.source, "source", MAX_NAME)
                 source = request.source or "<request>"
-                rules, policies = await parse_pack(request.yaml, source)
-                return await asyncio.to_thread(self._checked_pack, rules, policies,
-                                               request.yaml, source)
+                parsed = await parse_pack(request.yaml, source)
+                return await asyncio.to_thread(self._checked_pack, parsed, request.yaml, source,
+                                               request.bind_to_current_sae)
             else:
                 raise InvalidArgument("input: set either rule or yaml", field="input")
         except RuleValidationError as exc:
@@ -200,6 +276,9 @@ class RulesService(rules_pb2_grpc.RulesServicer):
                 rules_pb2.ValidationProblem(field=f, problem=p, line=line or 0)
                 for (f, p), line in zip(exc.errors, exc.lines, strict=True)
             ])
+        except SAEMismatchError as exc:
+            return rules_pb2.ValidateRuleResponse(valid=False, problems=[
+                rules_pb2.ValidationProblem(field=exc.field, problem=exc.problem)])
         except MonitorError as exc:
             return rules_pb2.ValidateRuleResponse(
                 valid=False, problems=[rules_pb2.ValidationProblem(field="rule", problem=str(exc))])
@@ -211,7 +290,8 @@ class RulesService(rules_pb2_grpc.RulesServicer):
     @grpc_errors
     async def PutRule(self, request: rules_pb2.PutRuleRequest,
                       context: grpc.aio.ServicerContext) -> rules_pb2.Rule:
-        rule = await asyncio.to_thread(self._validate_rule, request.rule)
+        rule = await asyncio.to_thread(self._validate_rule, request.rule, "rule",
+                                       request.bind_to_current_sae)
         expected = request.expected_version if request.HasField("expected_version") else None
         v = await self._store.rules.put(rule.name, rule.model_dump(mode="json"),
                                         expected_version=expected,

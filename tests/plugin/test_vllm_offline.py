@@ -40,8 +40,8 @@ def observe_policy(offline) -> None:
 
 def set_rules(sidecar: Any, rules: list[dict[str, Any]], policies: list[dict[str, Any]]) -> None:
     store, runtime = sidecar.sidecar.store, sidecar.sidecar.runtime
-    for r in rules:
-        sidecar.run(store.rules.put(r["name"], r))
+    for r in rules:  # written to the store directly, so bound here to the sidecar's SAE
+        sidecar.run(store.rules.put(r["name"], {**r, "sae": runtime.sae_identity.model_dump()}))
     for p in policies:
         sidecar.run(store.policies.put(p["name"], p))
     deadline = time.monotonic() + 5

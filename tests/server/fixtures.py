@@ -40,17 +40,19 @@ policies:
 """
 
 
-def build_sae(folder: Path) -> Path:
+def build_sae(folder: Path, shift: int = 0, model_name: str = "tiny-test") -> Path:
     """Feature i reads input dimension i % 16 (features 16.. read it negated), ReLU, no bias:
-    a row with value v in dimension 3 activates feature 3 with exactly v."""
+    a row with value v in dimension 3 activates feature 3 with exactly v. With ``shift``,
+    feature i reads dimension (i + shift) % 16: another SAE of the same shape, whose feature
+    3 is another feature."""
     w_enc = torch.zeros(D_IN, D_SAE)
     for i in range(D_SAE):
-        w_enc[i % D_IN, i] = 1.0 if i < D_IN else -1.0
+        w_enc[(i + shift) % D_IN, i] = 1.0 if i < D_IN else -1.0
     cfg = SAEConfig(architecture="standard", d_in=D_IN, d_sae=D_SAE, hook_name=HOOK, layer=1,
                     apply_b_dec_to_input=False)
     sae = StandardSAE(cfg, {"W_enc": w_enc, "b_enc": torch.zeros(D_SAE),
                             "W_dec": w_enc.T.contiguous(), "b_dec": torch.zeros(D_IN)})
-    save_saelens(sae, folder, model_name="tiny-test")
+    save_saelens(sae, folder, model_name=model_name)
     (folder / "features.json").write_text(json.dumps({"features": [
         {"index": 3, "label": "unsafe code", "description": "shell injection, eval of input"},
         {"index": 5, "label": "legal advice", "tags": ["topic"]},

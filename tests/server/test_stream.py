@@ -15,7 +15,8 @@ import torch
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from latentguard.monitors.rules import Steer, load_rule_pack
+from latentguard.monitors.rules import Steer, bind_pack, load_rule_pack
+from latentguard.monitors.sae import load_sae
 from latentguard.server.config import Settings
 from latentguard.server.errors import InvalidArgument, ResourceExhausted
 from latentguard.server.events import HitFound, RequestEnded, TokensSeen, VerdictGiven, Watchers
@@ -54,7 +55,9 @@ async def open_harness(tmp_path: Path, **overrides: Any) -> AsyncIterator[Harnes
     sae = build_sae(tmp_path / "sae")
     settings = Settings(data_dir=tmp_path / "data", sae_path=sae, model_name="tiny", **overrides)
     store = await Store.open(None, settings.data_dir, retention=timedelta(days=1))
-    pack = load_rule_pack(RULES)
+    # Written to the store directly, so bound here (the Rules service and the start-up pack
+    # bind what they store to the sidecar's SAE).
+    pack = bind_pack(load_rule_pack(RULES), load_sae(sae).identity)
     for rule in pack.rules:
         await store.rules.put(rule.name, rule.model_dump(mode="json"), expected_version=0)
     for policy in pack.policies:

@@ -116,8 +116,18 @@ class Action(_message.Message):
     steer: _common_pb2.Steer
     def __init__(self, type: _Optional[_Union[_common_pb2.ActionType, str]] = ..., steer: _Optional[_Union[_common_pb2.Steer, _Mapping]] = ...) -> None: ...
 
+class SAEIdentity(_message.Message):
+    __slots__ = ("name", "hook", "sha256")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HOOK_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    hook: str
+    sha256: str
+    def __init__(self, name: _Optional[str] = ..., hook: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
+
 class Rule(_message.Message):
-    __slots__ = ("name", "description", "severity", "enabled", "scope", "when", "action", "version", "updated_at", "updated_by")
+    __slots__ = ("name", "description", "severity", "enabled", "scope", "when", "action", "version", "updated_at", "updated_by", "sae", "inactive_reason")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     SEVERITY_FIELD_NUMBER: _ClassVar[int]
@@ -128,6 +138,8 @@ class Rule(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_BY_FIELD_NUMBER: _ClassVar[int]
+    SAE_FIELD_NUMBER: _ClassVar[int]
+    INACTIVE_REASON_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     severity: _common_pb2.Severity
@@ -138,7 +150,9 @@ class Rule(_message.Message):
     version: int
     updated_at: _timestamp_pb2.Timestamp
     updated_by: str
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., severity: _Optional[_Union[_common_pb2.Severity, str]] = ..., enabled: _Optional[bool] = ..., scope: _Optional[_Union[Scope, str]] = ..., when: _Optional[_Union[Condition, _Mapping]] = ..., action: _Optional[_Union[Action, _Mapping]] = ..., version: _Optional[int] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ...) -> None: ...
+    sae: SAEIdentity
+    inactive_reason: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., severity: _Optional[_Union[_common_pb2.Severity, str]] = ..., enabled: _Optional[bool] = ..., scope: _Optional[_Union[Scope, str]] = ..., when: _Optional[_Union[Condition, _Mapping]] = ..., action: _Optional[_Union[Action, _Mapping]] = ..., version: _Optional[int] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ..., sae: _Optional[_Union[SAEIdentity, _Mapping]] = ..., inactive_reason: _Optional[str] = ...) -> None: ...
 
 class Policy(_message.Message):
     __slots__ = ("name", "description", "rules", "mode", "on_failure", "timeout_ms", "monitoring", "version", "updated_at", "updated_by")
@@ -171,12 +185,14 @@ class ListRulesRequest(_message.Message):
     def __init__(self, enabled_only: _Optional[bool] = ...) -> None: ...
 
 class ListRulesResponse(_message.Message):
-    __slots__ = ("rules", "revision")
+    __slots__ = ("rules", "revision", "sae")
     RULES_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    SAE_FIELD_NUMBER: _ClassVar[int]
     rules: _containers.RepeatedCompositeFieldContainer[Rule]
     revision: int
-    def __init__(self, rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
+    sae: SAEIdentity
+    def __init__(self, rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., revision: _Optional[int] = ..., sae: _Optional[_Union[SAEIdentity, _Mapping]] = ...) -> None: ...
 
 class GetRuleRequest(_message.Message):
     __slots__ = ("name",)
@@ -185,14 +201,16 @@ class GetRuleRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class ValidateRuleRequest(_message.Message):
-    __slots__ = ("rule", "yaml", "source")
+    __slots__ = ("rule", "yaml", "source", "bind_to_current_sae")
     RULE_FIELD_NUMBER: _ClassVar[int]
     YAML_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    BIND_TO_CURRENT_SAE_FIELD_NUMBER: _ClassVar[int]
     rule: Rule
     yaml: str
     source: str
-    def __init__(self, rule: _Optional[_Union[Rule, _Mapping]] = ..., yaml: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+    bind_to_current_sae: bool
+    def __init__(self, rule: _Optional[_Union[Rule, _Mapping]] = ..., yaml: _Optional[str] = ..., source: _Optional[str] = ..., bind_to_current_sae: _Optional[bool] = ...) -> None: ...
 
 class ValidationProblem(_message.Message):
     __slots__ = ("field", "problem", "line")
@@ -217,12 +235,14 @@ class ValidateRuleResponse(_message.Message):
     def __init__(self, valid: _Optional[bool] = ..., problems: _Optional[_Iterable[_Union[ValidationProblem, _Mapping]]] = ..., rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., policies: _Optional[_Iterable[_Union[Policy, _Mapping]]] = ...) -> None: ...
 
 class PutRuleRequest(_message.Message):
-    __slots__ = ("rule", "expected_version")
+    __slots__ = ("rule", "expected_version", "bind_to_current_sae")
     RULE_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BIND_TO_CURRENT_SAE_FIELD_NUMBER: _ClassVar[int]
     rule: Rule
     expected_version: int
-    def __init__(self, rule: _Optional[_Union[Rule, _Mapping]] = ..., expected_version: _Optional[int] = ...) -> None: ...
+    bind_to_current_sae: bool
+    def __init__(self, rule: _Optional[_Union[Rule, _Mapping]] = ..., expected_version: _Optional[int] = ..., bind_to_current_sae: _Optional[bool] = ...) -> None: ...
 
 class DeleteRuleRequest(_message.Message):
     __slots__ = ("name", "expected_version")
