@@ -76,13 +76,30 @@ def eval_table(detectors: list[Any], n_pos: int, n_neg: int) -> Table:
     return table
 
 
+def _monitor(args: argparse.Namespace) -> Any:
+    """The SAE, probes and pack of ``args``; refused when a rule was written for another
+    SAE (its features would be measured in an SAE where they mean something else)."""
+    from latentguard.lab.evaluation import load_monitor
+    from latentguard.monitors.errors import SAEMismatchError
+
+    monitor = load_monitor(args.sae, args.rules, args.probes)
+    loaded = monitor.sae.identity
+    for i, rule in enumerate(monitor.pack.rules):
+        if rule.sae is not None and not rule.sae.same_sae(loaded):
+            source = str(args.rules or Path(args.sae) / "rules.yaml")
+            raise CliError(str(SAEMismatchError(f"rules[{i}].sae", rule.name,
+                                                written_for=rule.sae, loaded=loaded,
+                                                source=source)))
+    return monitor
+
+
 def run_eval(args: argparse.Namespace, out: Console) -> None:
     from latentguard.lab.evalplot import plot
-    from latentguard.lab.evaluation import EvalReport, evaluate, load_monitor, read_labelled
+    from latentguard.lab.evaluation import EvalReport, evaluate, read_labelled
     from latentguard.lab.evaluation import text_signals as make
 
     items = read_labelled(args.data)
-    monitor = load_monitor(args.sae, args.rules, args.probes)
+    monitor = _monitor(args)
     signals = _signals(args, [i.text for i in items], monitor,
                        lambda m, r: make(m, r, args.texts_as))
     detectors = evaluate(monitor, items, signals, args.texts_as, bootstrap=args.bootstrap,
@@ -113,14 +130,14 @@ def run_eval(args: argparse.Namespace, out: Console) -> None:
 def run_calibrate(args: argparse.Namespace, out: Console) -> None:
     from latentguard.lab.calibration import calibrate, dump_pack
     from latentguard.lab.discovery import read_texts
-    from latentguard.lab.evaluation import load_monitor
-    from latentguard.monitors.rules import rule_signals
+    from latentguard.monitors.rules import bind_pack, rule_signals
 
     texts = read_texts(args.benign, limit=args.limit)
-    monitor = load_monitor(args.sae, args.rules, args.probes)
+    monitor = _monitor(args)
     signals = _signals(args, texts, monitor,
                        lambda m, r: rule_signals(m.sae, m.engine, m.probes, r))
     pack, report = calibrate(monitor, signals, args.target_fpr, args.texts_as)
+    pack = bind_pack(pack, monitor.sae.identity)  # its thresholds are this SAE's now
     header = (f"Thresholds of single-signal rules calibrated by `latentguard calibrate` to "
               f"FPR <= {args.target_fpr:g} on {len(texts)} benign texts "
               f"({', '.join(args.benign)}) fed as {args.texts_as}.")

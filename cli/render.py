@@ -32,13 +32,34 @@ def _name(table: wire.EnumTable[Any], value: int) -> str:
     return table.name(value) or "-"
 
 
+def sae_text(sae: rules_pb2.SAEIdentity) -> str:
+    """An SAE as people read it: ``gemma-3-270m/blocks.9.hook_resid_post (sha256 1ca6...)``."""
+    label = "/".join(x for x in (sae.name, sae.hook) if x) or "SAE"
+    return f"{label} (sha256 {sae.sha256})"
+
+
+def _applied(r: rules_pb2.Rule) -> Text:
+    if r.inactive_reason:
+        return Text("NO (below)", style="bold red")
+    return Text("yes" if r.enabled else "no (disabled)", style="" if r.enabled else "dim")
+
+
+def inactive_rules(resp: rules_pb2.ListRulesResponse) -> list[Text]:
+    """One line per stored rule this sidecar does not apply, with the reason."""
+    return [Text.assemble((f"{r.name} is not applied: ", "bold red"), r.inactive_reason)
+            for r in resp.rules if r.inactive_reason]
+
+
 def rules_table(resp: rules_pb2.ListRulesResponse) -> Table:
-    table = Table(title=f"rules (store revision {resp.revision})")
-    for col in ("name", "version", "severity", "scope", "action", "enabled", "description"):
+    sae = sae_text(resp.sae) if resp.HasField("sae") else "none"
+    table = Table(title=f"rules (store revision {resp.revision}; this sidecar's SAE: {sae})")
+    for col in ("name", "version", "severity", "scope", "action", "written for", "applied",
+                "description"):
         table.add_column(col)
     for r in resp.rules:
         table.add_row(r.name, str(r.version), _sev(r.severity), _name(wire.SCOPE, r.scope),
-                      _name(wire.ACTION, r.action.type), "yes" if r.enabled else "no",
+                      _name(wire.ACTION, r.action.type),
+                      sae_text(r.sae) if r.HasField("sae") else "-", _applied(r),
                       r.description)
     return table
 

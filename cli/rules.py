@@ -69,17 +69,28 @@ def cmd_rules_apply(args: argparse.Namespace) -> int:
 
     pack = read_pack(args.file)
     client = client_for(args)
-    if args.dry_run:
-        resp = call(client, client.rules.ValidateRule, rules_pb2.ValidateRuleRequest(
-            yaml=Path(args.file).read_text(), source=args.file))
-        for p in resp.problems:
-            print(f"{args.file}:{p.line or '?'}: {p.field}: {p.problem}", file=sys.stderr)
+    # The whole pack is checked on the sidecar first (its SAE's features and probes, and the
+    # SAE the pack was written for), so a refused pack leaves nothing half applied.
+    resp = call(client, client.rules.ValidateRule, rules_pb2.ValidateRuleRequest(
+        yaml=Path(args.file).read_text(), source=args.file, bind_to_current_sae=args.bind))
+    for p in resp.problems:
+        print(f"{args.file}:{p.line or '?'}: {p.field}: {p.problem}", file=sys.stderr)
+    if not resp.valid and any(p.field == "sae" or p.field.endswith(".sae")
+                              for p in resp.problems):
+        print(f"{args.file}: nothing applied; if the pack's feature indices and probes mean the "
+              "same in the sidecar's SAE, rerun with --bind-to-current-sae to bind it to it",
+              file=sys.stderr)
+    if args.dry_run or not resp.valid:
         print("valid" if resp.valid else "invalid")
         return EXIT_OK if resp.valid else EXIT_FAIL
+    bound_to = ""
     for rule in pack.rules:
-        stored = call(client, client.rules.PutRule,
-                       rules_pb2.PutRuleRequest(rule=wire.rule_proto(rule)))
+        stored = call(client, client.rules.PutRule, rules_pb2.PutRuleRequest(
+            rule=wire.rule_proto(rule), bind_to_current_sae=args.bind))
         print(f"rule {stored.name}: version {stored.version}")
+        bound_to = render.sae_text(stored.sae) if stored.HasField("sae") else bound_to
+    if bound_to:
+        print(f"rules bound to SAE {bound_to}")
     for policy in pack.policies:
         stored = call(client, client.rules.PutPolicy,
                        rules_pb2.PutPolicyRequest(policy=wire.policy_proto(policy)))
@@ -96,10 +107,14 @@ def cmd_rules_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"rules": [json_format.MessageToDict(r) for r in rules.rules],
                           "policies": [json_format.MessageToDict(p) for p in policies.policies],
-                          "revision": rules.revision}, indent=2))
+                          "revision": rules.revision,
+                          "sae": json_format.MessageToDict(rules.sae)
+                          if rules.HasField("sae") else None}, indent=2))
         return EXIT_OK
     out = console()
     out.print(render.rules_table(rules))
+    for line in render.inactive_rules(rules):
+        out.print(line)
     out.print(render.policies_table(policies))
     return EXIT_OK
 
@@ -130,6 +145,9 @@ def register(sub: Subparsers) -> None:
     p = rules.add_parser("apply", help="create or update the rules and policies of a file")
     p.add_argument("file")
     p.add_argument("--dry-run", action="store_true", help="validate on the sidecar only")
+    p.add_argument("--bind-to-current-sae", dest="bind", action="store_true",
+                   help="bind rules written for another SAE to the sidecar's (refused "
+                   "otherwise); only when their feature indices and probes mean the same there")
     add_connection(p)
     p.set_defaults(func=cmd_rules_apply)
     p = rules.add_parser("list", help="rules and policies")
