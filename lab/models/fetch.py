@@ -74,6 +74,10 @@ class PackageNotFoundError(FetchError):
     pass
 
 
+class IndexUnreachableError(PackageNotFoundError):
+    """pip could not connect to the package index at all (offline, proxy, DNS)."""
+
+
 class DiskSpaceError(FetchError):
     pass
 
@@ -234,10 +238,19 @@ class Steps:
 # ---- pip ------------------------------------------------------------------------------------
 
 _NOT_FOUND = re.compile(r"No matching distribution found for ([A-Za-z0-9_.\-]+)")
+# What pip logs (as retry warnings) when it cannot connect to the index.
+_UNREACHABLE = re.compile(r"NewConnectionError|Failed to establish a new connection|"
+                          r"Temporary failure in name resolution|Name or service not known|"
+                          r"ProxyError|ConnectTimeoutError|Network is unreachable")
 
 
 def _pip_error(output: str, what: str) -> FetchError:
-    if m := _NOT_FOUND.search(output):
+    if (m := _NOT_FOUND.search(output)) and (why := _UNREACHABLE.search(output)):
+        return IndexUnreachableError(
+            f"pip cannot reach the package index to download {m.group(1)} ({why.group(0)}): "
+            f"this machine looks offline; check the network and the index settings, e.g. "
+            f"PIP_INDEX_URL")
+    if m:
         return PackageNotFoundError(
             f"package {m.group(1)} not found on the package index (pip could not find it: "
             f"check the network and the index settings, e.g. PIP_INDEX_URL)")
