@@ -333,18 +333,23 @@ def plot(res: LosoResults, out: Path) -> None:
 
 def final_probes(data: Sequence[DeceptionText], rows: Sequence[Tensor], layer: int,
                  folder: Path) -> dict[str, Any]:
-    """The max-over-tokens residual probe refit on every situation (penalty by situation CV)."""
+    """The mean-residual probe (the ``probe-window`` detector) refit on every situation, its
+    penalty chosen by the same situation-fold CV: the shipped ``deception`` probe, read by a
+    rule with a 32-token mean window."""
     from latentguard.monitors.probes import Probe, ProbeMeta
 
     y = torch.tensor([r.label for r in data], dtype=torch.float64)
     groups = [r.situation for r in data]
-    l2, cv = choose_by_cv(fit_max_probe, max_scores, list(rows), y, groups, L2_GRID)
-    direction, bias = fit_max_probe(list(rows), y, l2)
+    means = torch.stack([r.mean(0) for r in rows])
+    l2, cv = choose_by_cv(fit_mean_probe, mean_scores, list(means), y, groups, L2_GRID)
+    direction, bias = fit_mean_probe(means, y, l2)
     meta = ProbeMeta(name="deception", layer=layer, bias=bias,
-                     description="deceptive vs honest speaker (bench/data/deception, all "
-                                 f"situations, max over tokens, l2 {l2:g} by situation CV)")
+                     description="deceptive vs honest speaker: logistic probe of the mean "
+                                 "residual, fit on all 16 situations of bench/data/deception "
+                                 f"(l2 {l2:g} by situation CV); read it with a mean window "
+                                 f"of {WINDOW} tokens (bench/deception_loso.py)")
     Probe(meta, direction).save(folder)
-    return {"l2": l2, "cv": cv}
+    return {"l2": l2, "cv": cv, "window": WINDOW}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

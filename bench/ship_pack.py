@@ -53,7 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sae", type=Path, required=True, help="SAE folder to write into")
     p.add_argument("results", type=Path, nargs="+", help="evaluation results folders")
+    p.add_argument("--disable", action="append", default=[], metavar="RULE=WHY",
+                   help="ship RULE disabled, WHY (the measurement) appended to its description")
     args = p.parse_args(argv)
+    disabled = dict(d.split("=", 1) for d in args.disable)
     sae = load_sae(args.sae)
     rules: list[dict[str, Any]] = []
     catalog: list[dict[str, Any]] = []
@@ -70,6 +73,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.copy2(f, probes / f.name)
         if (folder / "features.json").is_file():
             merge_catalog(catalog, json.loads((folder / "features.json").read_text())["features"])
+    unknown = set(disabled) - {r["name"] for r in rules}
+    if unknown:
+        raise SystemExit(f"--disable: no rule named {', '.join(sorted(unknown))}")
+    for r in rules:
+        if r["name"] in disabled:
+            r["enabled"] = False
+            r["description"] = f"{r['description']} DISABLED: {disabled[r['name']]}"
     # The pack records the SAE it was written for: a sidecar that loads another does not apply it.
     text = "\n".join(header) + "\n" + dump_rule_pack(
         {"sae": sae.identity.model_dump(), "rules": rules, "policies": POLICIES})

@@ -27,7 +27,8 @@ def _rows(n_situations: int = 3, pairs: int = 12) -> list[dl.DeceptionText]:
     return out
 
 
-def test_planted_residual_direction_is_found_held_out_and_words_are_chance() -> None:
+def test_planted_residual_direction_is_found_held_out_and_words_are_chance(tmp_path: Path
+                                                                           ) -> None:
     data = _rows()
     gen = torch.Generator().manual_seed(0)
     planted = torch.randn(16, generator=gen)
@@ -45,6 +46,15 @@ def test_planted_residual_direction_is_found_held_out_and_words_are_chance() -> 
     assert summary["probe-mean"].mean_auroc > 0.9
     assert 0.25 < summary["bow"].mean_auroc < 0.75  # random words: no signal
     assert summary["probe-max"].ships and not summary["bow"].ships
+    # The shipped probe: refit on everything, saved, loads, and separates the classes.
+    from latentguard.monitors.probes import Probe
+
+    dl.final_probes(data, rows, 9, tmp_path)
+    probe = Probe.load(tmp_path / "deception.json")
+    assert probe.meta.layer == 9 and "mean window of 32" in probe.meta.description
+    score = torch.stack([r.mean(0) for r in rows]) @ probe.direction + probe.meta.bias
+    y = torch.tensor([r.label for r in data])
+    assert score[y == 1].mean() > score[y == 0].mean()
 
 
 def test_a_detector_that_only_matches_the_baseline_does_not_ship() -> None:

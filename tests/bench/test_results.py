@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench import deception_eval as de
+from bench import deception_loso as dl
 from bench import serve_bench as sb
 from bench import steering_eval as se
 from bench import unsafe_code_eval as uce
@@ -20,6 +21,7 @@ RESULTS = Path(__file__).parents[2] / "bench" / "results"
 @pytest.mark.parametrize(("name", "cls"), [
     ("unsafe-code-gemma-3-270m-l9/metrics.json", uce.UnsafeCodeResults),
     ("deception-gemma-3-270m-l9/metrics.json", de.DeceptionResults),
+    ("deception-loso-gemma-3-270m-l9/metrics.json", dl.LosoResults),
     ("steering-gemma-3-270m-l9/metrics.json", se.SteeringResults),
     ("serve-cpu.json", sb.ServeResults),
     ("serve-cpu-compiled.json", sb.ServeResults),
