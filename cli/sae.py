@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from latentguard.cli.common import (
     EXIT_OK,
@@ -41,6 +42,48 @@ def cmd_sae_identity(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_sae_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from latentguard.lab.corpora import source, write_documents
+    from latentguard.lab.errors import LabError
+    from latentguard.lab.training import (
+        GroupEval,
+        evaluate_groups,
+        format_metrics,
+        heldout_groups,
+        load_model_dir,
+    )
+    from latentguard.monitors.errors import SAEFormatError
+    from latentguard.monitors.sae import load_sae
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
+                        "%(message)s")
+    try:
+        sae = load_sae(args.sae)
+        groups: dict[str, list[Path]] = {}
+        if args.corpus:
+            groups |= {f"{k} (held out of {args.corpus})": v
+                       for k, v in heldout_groups(args.corpus, args.eval_every,
+                                                  args.suffixes).items()}
+        for name in args.source:
+            groups[name] = write_documents(source(name), args.work / name)
+        if not groups:
+            raise CliError("sae eval: give --corpus and/or --source")
+        model, tokenizer = load_model_dir(args.model, sae.layer)
+        results = evaluate_groups(model, tokenizer, sae, groups, GroupEval(
+            layer=sae.layer, ctx_len=args.ctx_len, eval_tokens=args.eval_tokens,
+            eval_lm_contexts=args.eval_lm_contexts))
+    except (LabError, SAEFormatError) as exc:
+        raise CliError(str(exc)) from None
+    for name, m in results.items():
+        print(f"{name}:\n  " + format_metrics(m | {"dead_fraction_train": 0.0}).replace(
+            "\n", "\n  ").replace(", 0.00% (training)", ""))
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return EXIT_OK
+
+
 def register(sub: Subparsers) -> None:
     from latentguard.lab.training import add_train_arguments
 
@@ -57,3 +100,24 @@ def register(sub: Subparsers) -> None:
                        "hook), as a rule pack's `sae:` key")
     p.add_argument("path", help="SAE folder (or Gemma Scope params.npz)")
     p.set_defaults(func=cmd_sae_identity)
+    p = sae.add_parser("eval", help="FVU, L0, dead features and LM loss recovered per corpus "
+                       "source", description="Reconstruction and LM loss with the SAE spliced "
+                       "in, BOS row left out, measured on each source separately: the "
+                       "documents a training run held out of --corpus, by top folder, and "
+                       "whole sources of latentguard.lab.corpora (--source).")
+    p.add_argument("sae", help="SAE folder")
+    p.add_argument("--model", type=Path, required=True, help="HF model folder")
+    p.add_argument("--corpus", type=Path, help="the training corpus folder (its held-out "
+                   "documents, every --eval-every-th, are measured per top folder)")
+    p.add_argument("--eval-every", type=int, default=50, help="as in sae train")
+    p.add_argument("--suffixes", nargs="+", default=[".py", ".txt", ".rst", ".md"])
+    p.add_argument("--source", nargs="+", default=[], help="text sources to measure whole "
+                   "(python -m latentguard.lab.corpora list)")
+    p.add_argument("--work", type=Path, default=Path("sae-eval-sources"),
+                   help="folder the sources' documents are written to")
+    p.add_argument("--ctx-len", type=int, default=256)
+    p.add_argument("--eval-tokens", type=int, default=65_536, help="tokens per source")
+    p.add_argument("--eval-lm-contexts", type=int, default=32, help="contexts per source for "
+                   "the LM loss (0: skip)")
+    p.add_argument("--out", type=Path, help="JSON of every source's metrics")
+    p.set_defaults(func=cmd_sae_eval)

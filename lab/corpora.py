@@ -39,7 +39,8 @@ from rich.table import Table
 
 from latentguard.lab.errors import LabError
 
-__all__ = ["SOURCES", "Document", "TextSource", "benign_rows", "passages", "write_sae_corpus"]
+__all__ = ["SOURCES", "Document", "TextSource", "benign_rows", "passages", "source",
+           "write_documents", "write_sae_corpus"]
 
 Kind = Literal["code", "prose", "chat"]
 Role = Literal["fit", "heldout"]
@@ -325,6 +326,18 @@ def source(name: str) -> TextSource:
             return s
     known = ", ".join(s.name for s in SOURCES)
     raise LabError(f"source: no source named {name!r} (known: {known})")
+
+
+def write_documents(src: TextSource, folder: Path, cache: Path | None = None) -> list[Path]:
+    """The source's documents as files ``folder/<n>.txt`` (for tools that read files)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for n, doc in enumerate(src.read(cache or cache_dir())):
+        if doc.text.strip():
+            path = folder / f"{n:06d}.txt"
+            path.write_text(doc.text, encoding="utf-8")
+            paths.append(path)
+    return paths
 
 
 # ---- the SAE's training mix -----------------------------------------------------------------

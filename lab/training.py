@@ -16,6 +16,7 @@ The output folder is a SAELens SAE (``cfg.json``, ``sae_weights.safetensors``, h
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -45,8 +46,8 @@ from latentguard.monitors.train import (
 )
 
 __all__ = [
-    "TrainRunConfig", "TrainingError", "add_train_arguments", "config_from_args",
-    "evaluate", "format_metrics", "train",
+    "GroupEval", "TrainRunConfig", "TrainingError", "add_train_arguments", "config_from_args",
+    "evaluate", "evaluate_groups", "format_metrics", "heldout_groups", "train",
 ]
 
 logger = logging.getLogger(__name__)
@@ -208,16 +209,21 @@ def _take(contexts: Iterator[Tensor], n: int, what: str = "training") -> Tensor:
 # ---- model ----------------------------------------------------------------------------------
 
 def load_model(cfg: TrainRunConfig) -> tuple[nn.Module, Any]:
+    return load_model_dir(cfg.model, cfg.layer, cfg.dtype)
+
+
+def load_model_dir(path: Path, layer: int, dtype: str = "float32") -> tuple[nn.Module, Any]:
+    """The HF model (eval mode, no grads) and tokenizer in ``path``; ``layer`` must exist."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not (cfg.model / "config.json").is_file():
-        raise TrainingError(f"model: {cfg.model} is not an HF model folder (no config.json)")
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-    model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=getattr(torch, cfg.dtype))
+    if not (path / "config.json").is_file():
+        raise TrainingError(f"model: {path} is not an HF model folder (no config.json)")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
     model.eval().requires_grad_(False)
     n_layers = len(decoder_layers(model))
-    if cfg.layer >= n_layers:
-        raise TrainingError(f"layer: {cfg.layer} is out of range (the model has {n_layers})")
+    if layer >= n_layers:
+        raise TrainingError(f"layer: {layer} is out of range (the model has {n_layers})")
     return model, tokenizer
 
 
@@ -328,7 +334,62 @@ def load_checkpoint(path: Path, trainer: SAETrainer) -> None:
 
 # ---- evaluation -----------------------------------------------------------------------------
 
-def evaluate(model: nn.Module, sae: SAE, cfg: TrainRunConfig, contexts: Tensor) -> dict[str, Any]:
+class EvalSettings(typing.Protocol):
+    """What :func:`evaluate` reads of a run (a :class:`TrainRunConfig` has all of it)."""
+
+    @property
+    def layer(self) -> int: ...
+    @property
+    def ctx_len(self) -> int: ...
+    @property
+    def eval_tokens(self) -> int: ...
+    @property
+    def eval_lm_contexts(self) -> int: ...
+    @property
+    def buffer_contexts(self) -> int: ...
+    @property
+    def model_batch(self) -> int: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupEval:
+    """:func:`evaluate`'s settings for :func:`evaluate_groups`."""
+
+    layer: int
+    ctx_len: int = 256
+    eval_tokens: int = 65_536
+    eval_lm_contexts: int = 32
+    buffer_contexts: int = 64
+    model_batch: int = 8
+
+
+def evaluate_groups(model: nn.Module, tokenizer: Any, sae: SAE, groups: dict[str, list[Path]],
+                    settings: GroupEval) -> dict[str, dict[str, Any]]:
+    """:func:`evaluate` on each named group of documents separately (contexts packed from that
+    group's files only): reconstruction and LM loss per corpus source."""
+    bos, sep = _special_ids(tokenizer)
+    out = {}
+    n_ctx = max(math.ceil(settings.eval_tokens / (settings.ctx_len - 1)),
+                settings.eval_lm_contexts)
+    for name, files in groups.items():
+        contexts = pack_contexts(_token_docs(files, tokenizer), settings.ctx_len, bos, sep)
+        out[name] = evaluate(model, sae, settings, _take(contexts, n_ctx, f"{name!r}"))
+        logger.info("%s: %s", name, format_metrics(out[name] | {"dead_fraction_train": 0.0}))
+    return out
+
+
+def heldout_groups(corpus: Path, eval_every: int, suffixes: Sequence[str]) -> dict[str, list[Path]]:
+    """The documents a training run on ``corpus`` held out, grouped by their top folder (the
+    source, for a corpus written by ``latentguard.lab.corpora sae``)."""
+    _, held = split_documents(list_documents([corpus], suffixes), eval_every)
+    groups: dict[str, list[Path]] = {}
+    for path in held:
+        rel = path.relative_to(corpus)
+        groups.setdefault(rel.parts[0] if len(rel.parts) > 1 else ".", []).append(path)
+    return groups
+
+
+def evaluate(model: nn.Module, sae: SAE, cfg: EvalSettings, contexts: Tensor) -> dict[str, Any]:
     """FVU, L0 and dead fraction on held-out rows; LM loss clean, spliced and zero-ablated."""
     n_ctx = math.ceil(cfg.eval_tokens / (cfg.ctx_len - 1))
     stats = ReconstructionStats(sae.d_in, sae.d_sae)

@@ -187,3 +187,32 @@ def test_cli_errors_name_the_field(model_dir: Path, tmp_path: Path,
     assert "corpus:" in capsys.readouterr().err
     assert main([*base, "--resume"]) == 1
     assert "out: " in (err := capsys.readouterr().err) and "no checkpoint" in err
+
+
+def test_sae_eval_per_source_reproduces_the_runs_own_held_out_metrics(
+        cli_run: tuple[Path, str, list], model_dir: Path, tmp_path: Path) -> None:
+    """`sae eval --corpus` measures the documents the run held out, per top folder: for a
+    corpus with no folders that is the run's own evaluation set, so the numbers must agree."""
+    out, _, _ = cli_run
+    report = tmp_path / "eval.json"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(["sae", "eval", str(out), "--model", str(model_dir), "--corpus",
+                     str(CORPUS), "--eval-every", "3", "--suffixes", ".py", "--ctx-len", "32",
+                     "--eval-tokens", "992", "--eval-lm-contexts", "4", "--out", str(report)])
+    assert code == 0
+    got = json.loads(report.read_text())
+    (name,) = got
+    assert name.startswith(". (held out of")
+    run = json.loads((out / "metrics.json").read_text())
+    for key in ("fvu", "l0", "lm_loss_clean", "lm_loss_spliced", "lm_loss_recovered"):
+        assert got[name][key] == pytest.approx(run[key], rel=1e-5), key
+    assert "FVU" in buf.getvalue() and "recovered" in buf.getvalue()
+
+
+def test_sae_eval_without_anything_to_measure_says_so(cli_run: tuple[Path, str, list],
+                                                      model_dir: Path) -> None:
+    out, _, _ = cli_run
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        code = main(["sae", "eval", str(out), "--model", str(model_dir)])
+    assert code != 0 and "give --corpus and/or --source" in err.getvalue()
