@@ -70,12 +70,9 @@ class TopKTrainee(nn.Module):
         with torch.no_grad():
             pre = torch.addmm(self.b_enc, xc, self.W_enc)
             indices = pre.topk(self.k, dim=-1, sorted=False).indices
-            num_dead = int(dead_mask.sum()) if dead_mask is not None else 0
             k_aux = k_aux or self.d_in // 2
-            n_aux = min(k_aux, num_dead)
-            if dead_mask is not None and n_aux:
-                dead_pre = torch.where(dead_mask[None], pre, torch.finfo(pre.dtype).min)
-                aux_indices = dead_pre.topk(n_aux, dim=-1, sorted=False).indices
+            aux_indices = dead_topk(pre, dead_mask, k_aux)
+            if aux_indices is not None:
                 indices = torch.cat([indices, aux_indices], dim=1)
         selected: Tensor = _SelectedPreActs.apply(  # type: ignore[no-untyped-call]
             xc, self.W_enc, self.b_enc, indices, pre)
@@ -85,10 +82,9 @@ class TopKTrainee(nn.Module):
         total_variance = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
         fvu = err.pow(2).sum() / total_variance
         auxk = x.new_zeros(())
-        if n_aux:
-            # `auxk_loss` on the gathered values (the same loss, see there).
-            e_hat = self.decode(selected[:, self.k:].relu(), indices[:, self.k:])
-            auxk = min(num_dead / k_aux, 1.0) * (e_hat - err.detach()).pow(2).sum() / total_variance
+        if aux_indices is not None and dead_mask is not None:
+            auxk = _auxk(self, selected[:, self.k:], aux_indices, err, int(dead_mask.sum()),
+                         k_aux, total_variance)
         return ForwardOutput(recon, acts, top_indices, fvu, auxk)
 
     @torch.no_grad()
@@ -140,6 +136,23 @@ class _SelectedPreActs(torch.autograd.Function):
         return grad_xc, grad_w, grad_b, None, None
 
 
+def dead_topk(pre: Tensor, dead_mask: Tensor | None, k_aux: int) -> Tensor | None:
+    """Indices ``[n, min(k_aux, num_dead)]`` of each row's largest dead pre-activations, or
+    None when no feature is dead (AuxK's selection)."""
+    num_dead = int(dead_mask.sum()) if dead_mask is not None else 0
+    if dead_mask is None or num_dead == 0:
+        return None
+    dead_pre = torch.where(dead_mask[None], pre, torch.finfo(pre.dtype).min)
+    return dead_pre.topk(min(k_aux, num_dead), dim=-1, sorted=False).indices
+
+
+def _auxk(sae: TopKTrainee, values: Tensor, indices: Tensor, err: Tensor, num_dead: int,
+          k_aux: int, total_variance: Tensor) -> Tensor:
+    """AuxK's loss from the selected dead pre-activations ``values`` (see :func:`auxk_loss`)."""
+    e_hat = sae.decode(values.relu(), indices)
+    return min(num_dead / k_aux, 1.0) * (e_hat - err.detach()).pow(2).sum() / total_variance
+
+
 def auxk_loss(
     sae: TopKTrainee,
     pre: Tensor,
@@ -154,12 +167,8 @@ def auxk_loss(
     batch's total variance, scaled down by ``num_dead / k_aux`` when fewer features are dead
     than ``k_aux`` (sparsify). The error is detached: only the dead features learn from it.
     """
-    num_dead = int(dead_mask.sum()) if dead_mask is not None else 0
-    if dead_mask is None or num_dead == 0:
+    indices = dead_topk(pre, dead_mask, k_aux)
+    if indices is None or dead_mask is None:
         return pre.new_zeros(())
-    scale = min(num_dead / k_aux, 1.0)
-    k_aux = min(k_aux, num_dead)
-    dead_pre = torch.where(dead_mask[None], pre, torch.finfo(pre.dtype).min)
-    values, indices = dead_pre.topk(k_aux, dim=-1, sorted=False)
-    e_hat = sae.decode(values.relu(), indices)
-    return scale * (e_hat - err.detach()).pow(2).sum() / total_variance
+    return _auxk(sae, pre.gather(1, indices), indices, err, int(dead_mask.sum()), k_aux,
+                 total_variance)
