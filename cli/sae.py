@@ -77,8 +77,7 @@ def cmd_sae_eval(args: argparse.Namespace) -> int:
     except (LabError, SAEFormatError) as exc:
         raise CliError(str(exc)) from None
     for name, m in results.items():
-        print(f"{name}:\n  " + format_metrics(m | {"dead_fraction_train": 0.0}).replace(
-            "\n", "\n  ").replace(", 0.00% (training)", ""))
+        print(f"{name}:\n  " + format_metrics(m).replace("\n", "\n  "))
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return EXIT_OK

@@ -374,7 +374,7 @@ def evaluate_groups(model: nn.Module, tokenizer: Any, sae: SAE, groups: dict[str
     for name, files in groups.items():
         contexts = pack_contexts(_token_docs(files, tokenizer), settings.ctx_len, bos, sep)
         out[name] = evaluate(model, sae, settings, _take(contexts, n_ctx, f"{name!r}"))
-        logger.info("%s: %s", name, format_metrics(out[name] | {"dead_fraction_train": 0.0}))
+        logger.info("%s: %s", name, format_metrics(out[name]).replace("\n", "; "))
     return out
 
 
@@ -443,8 +443,11 @@ def lm_loss(model: nn.Module, contexts: Tensor, model_batch: int,
 
 
 def format_metrics(m: dict[str, Any]) -> str:
+    """The metrics as two lines; the training dead fraction only where a run measured one."""
+    train = (f", {m['dead_fraction_train']:.2%} (training)" if "dead_fraction_train" in m
+             else "")
     lines = [f"FVU {m['fvu']:.4f}   L0 {m['l0']:.1f}   dead {m['dead_fraction']:.2%} "
-             f"(eval, {m['eval_tokens']} tokens), {m['dead_fraction_train']:.2%} (training)"]
+             f"(eval, {m['eval_tokens']} tokens){train}"]
     if "lm_loss_clean" in m:
         lines.append(f"LM loss {m['lm_loss_clean']:.4f} -> {m['lm_loss_spliced']:.4f} spliced "
                      f"({m['lm_loss_increase']:+.4f}; zero-ablated {m['lm_loss_zero_ablated']:.4f},"
