@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 import re
 import subprocess
@@ -43,6 +42,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from bench.unsafe_code_data import Snippet, extract, label, source_files
+from latentguard import paths
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +64,7 @@ def is_reserved(name: str) -> bool:
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "latentguard" / "code-corpus"
+    return paths.cache_dir() / "code-corpus"
 
 
 @dataclass(frozen=True)

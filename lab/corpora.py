@@ -37,6 +37,7 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
+from latentguard import paths
 from latentguard.lab.errors import LabError
 
 __all__ = ["SOURCES", "Document", "TextSource", "benign_rows", "passages", "source",
@@ -63,11 +64,6 @@ class TextSource:
     """Cache folder -> documents, in a fixed order."""
     sae_mb: float = 0.0
     """Megabytes (UTF-8) of this source in the SAE's training mix (fit sources only)."""
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "latentguard"
 
 
 # ---- readers --------------------------------------------------------------------------------
@@ -269,9 +265,9 @@ def read_man_pages(_cache: Path, every: int = 20) -> Iterator[Document]:
             yield Document(f"man/{path.parent.name}/{path.name}", text)
 
 
-def read_gz_texts(*paths: str) -> Callable[[Path], Iterator[Document]]:
+def read_gz_texts(*files: str) -> Callable[[Path], Iterator[Document]]:
     def read(_cache: Path) -> Iterator[Document]:
-        for p in paths:
+        for p in files:
             path = _need(Path(p), "apt-get install gnu-standards jargon-text")
             if (text := _text(path)) is not None:
                 yield Document(path.name, text)
@@ -331,13 +327,13 @@ def source(name: str) -> TextSource:
 def write_documents(src: TextSource, folder: Path, cache: Path | None = None) -> list[Path]:
     """The source's documents as files ``folder/<n>.txt`` (for tools that read files)."""
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for n, doc in enumerate(src.read(cache or cache_dir())):
+    written = []
+    for n, doc in enumerate(src.read(cache or paths.cache_dir())):
         if doc.text.strip():
             path = folder / f"{n:06d}.txt"
             path.write_text(doc.text, encoding="utf-8")
-            paths.append(path)
-    return paths
+            written.append(path)
+    return written
 
 
 # ---- the SAE's training mix -----------------------------------------------------------------
@@ -350,7 +346,7 @@ def write_sae_corpus(out: Path, cache: Path | None = None, seed: int = 0,
                      scale: float = 1.0) -> dict[str, dict[str, int]]:
     """Write each fit source's documents (seeded order, up to ``sae_mb * scale`` MB) as files
     ``out/<source>/<n>.txt`` for ``latentguard sae train --corpus out``; return counts."""
-    cache = cache or cache_dir()
+    cache = cache or paths.cache_dir()
     summary: dict[str, dict[str, int]] = {}
     for src in SOURCES:
         if src.role != "fit" or not src.sae_mb:
@@ -408,7 +404,7 @@ def benign_rows(role: Role, per_source: int, cache: Path | None = None,
                 seed: int = 0) -> Iterator[dict[str, object]]:
     """Up to ``per_source`` benign passages from each source of ``role`` (code sources give
     whole bandit-clean functions), as ``latentguard eval`` rows: text, label 0, group."""
-    cache = cache or cache_dir()
+    cache = cache or paths.cache_dir()
     for src in SOURCES:
         if src.role != role:
             continue

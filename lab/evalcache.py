@@ -18,14 +18,14 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from latentguard import paths
 from latentguard.lab.activations import TextEncoder
 
 __all__ = ["default_cache_dir", "encode_cached", "model_key"]
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "latentguard" / "activations"
+    return paths.cache_dir() / "activations"
 
 
 def model_key(model_dir: str | Path) -> str:

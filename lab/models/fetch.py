@@ -54,6 +54,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from latentguard import paths
 from latentguard.lab.models.registry import ModelSpec, Wheel, get_spec
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,7 @@ Advance = Callable[[int], None]
 
 def default_models_dir() -> Path:
     """`$XDG_CACHE_HOME/latentguard/models`, `~/.cache/latentguard/models` without it."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "latentguard" / "models"
+    return paths.cache_dir() / "models"
 
 
 # ---- checks ---------------------------------------------------------------------------------

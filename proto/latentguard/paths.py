@@ -25,6 +25,13 @@ def default_data_dir(*, env: Mapping[str, str] | None = None) -> Path:
     return Path(base) / "latentguard"
 
 
+def cache_dir(*, env: Mapping[str, str] | None = None) -> Path:
+    """`$XDG_CACHE_HOME/latentguard` (XDG's default `~/.cache` when unset): fetched models,
+    cached activations, downloaded corpora; anything here can be made again."""
+    env = os.environ if env is None else env
+    return Path(env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "latentguard"
+
+
 def data_dir(*, env: Mapping[str, str] | None = None) -> Path:
     """`LATENTGUARD_DATA_DIR` when set (and not empty), else the default data dir."""
     env = os.environ if env is None else env

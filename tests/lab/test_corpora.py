@@ -77,3 +77,9 @@ def test_benign_rows_sample_each_source_of_the_role(monkeypatch: pytest.MonkeyPa
     groups = [r["group"] for r in rows]
     assert groups.count("h1") == 10 and groups.count("h2") == 3 and "a" not in groups
     assert all(r["label"] == 0 and r["text"] for r in rows)
+
+
+def test_write_documents_writes_each_non_empty_document(tmp_path: Path) -> None:
+    src = _fake("a", "heldout", 3, 10)
+    files = corpora.write_documents(src, tmp_path / "a")  # cache: the default folder
+    assert [f.read_text() for f in files] == [f"a {i} " + "x" * 10 for i in range(3)]
