@@ -217,10 +217,20 @@ def detectors(data: Sequence[DeceptionText], rows: Sequence[Tensor] | None,
     if rows is not None:
         means = torch.stack([r.mean(0) for r in rows])
 
+        mean_fits: dict[tuple[int, ...], tuple[Tensor, float, float]] = {}
+
+        def mean_fit(fit: list[int]) -> tuple[Tensor, float, float]:
+            """The mean-residual probe on ``fit`` (direction, bias, l2), fit once for both of
+            its readings (probe-mean, probe-window)."""
+            key = tuple(fit)
+            if key not in mean_fits:
+                l2, _ = choose_by_cv(fit_mean_probe, mean_scores, [means[i] for i in fit],
+                                     y[fit], [groups[i] for i in fit], L2_GRID)
+                mean_fits[key] = (*fit_mean_probe(means[fit], y[fit], l2), l2)
+            return mean_fits[key]
+
         def probe_mean(fit: list[int], held: list[int]) -> tuple[Tensor, float]:
-            l2, _ = choose_by_cv(fit_mean_probe, mean_scores, [means[i] for i in fit], y[fit],
-                                 [groups[i] for i in fit], L2_GRID)
-            d, b = fit_mean_probe(means[fit], y[fit], l2)
+            d, b, l2 = mean_fit(fit)
             return mean_scores(means[held], d, b), l2
 
         def probe_max(fit: list[int], held: list[int]) -> tuple[Tensor, float]:
@@ -230,9 +240,7 @@ def detectors(data: Sequence[DeceptionText], rows: Sequence[Tensor] | None,
             return max_scores([rows[i] for i in held], d, b), l2
 
         def probe_window(fit: list[int], held: list[int]) -> tuple[Tensor, float]:
-            l2, _ = choose_by_cv(fit_mean_probe, mean_scores, [means[i] for i in fit], y[fit],
-                                 [groups[i] for i in fit], L2_GRID)
-            d, b = fit_mean_probe(means[fit], y[fit], l2)
+            d, b, l2 = mean_fit(fit)
             return torch.stack([window_mean_max(rows[i].float() @ d + b, WINDOW)
                                 for i in held]), l2
 
