@@ -16,6 +16,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from redis import exceptions as redis_errors
 
 from latentguard.monitors import errors as monitor_errors
 
@@ -85,6 +86,14 @@ class FailedPrecondition(ServerError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+#: The store is away or cannot answer for now (a node down, a cluster re-sharding, a failover):
+#: the writer keeps records in its spool and retries; an RPC answers UNAVAILABLE.
+STORE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.ClusterError,
+    redis_errors.TryAgainError, redis_errors.RedisClusterException, ConnectionError, OSError,
+)
+
+
 _MONITOR_CODES: dict[type[Exception], grpc.StatusCode] = {
     monitor_errors.RuleValidationError: grpc.StatusCode.INVALID_ARGUMENT,
     monitor_errors.ShapeError: grpc.StatusCode.INVALID_ARGUMENT,
@@ -112,6 +121,9 @@ def status_for(exc: Exception) -> tuple[grpc.StatusCode, str, list[tuple[str, st
     for cls, code in _MONITOR_CODES.items():
         if isinstance(exc, cls):
             return code, str(exc), []
+    if isinstance(exc, STORE_UNAVAILABLE):
+        return (grpc.StatusCode.UNAVAILABLE,
+                f"the store is unreachable for now ({type(exc).__name__}); retry", [])
     return grpc.StatusCode.INTERNAL, "internal error (logged by the server)", []
 
 

@@ -25,10 +25,9 @@ import logging
 import random
 from pathlib import Path
 
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from latentguard.server.errors import STORE_UNAVAILABLE
 from latentguard.server.records import AlertRecord, TraceRecord, utcnow
 from latentguard.server.spool import Spool, SpoolFull, SpoolRecord
 from latentguard.server.store import Store
@@ -37,8 +36,9 @@ log = logging.getLogger(__name__)
 
 FLUSH_S = 0.2
 """Longest a record waits in memory before it is fsynced to the spool."""
-#: The store is away, or refuses writes for now (out of memory, read-only replica): retry.
-RETRYABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, ResponseError)
+#: The store is away (a cluster node too), or refuses writes for now (out of memory, read-only
+#: replica, a slot moving): retry.
+RETRYABLE: tuple[type[Exception], ...] = (*STORE_UNAVAILABLE, ResponseError)
 
 
 class TraceWriter:

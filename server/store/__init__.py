@@ -1,7 +1,9 @@
 """The store: Redis through one code path, embedded by default.
 
 With no Redis URL the sidecar starts a private redis-server on a unix socket with append-only
-persistence in the data directory; with a URL it uses that Redis. Everything else is the same.
+persistence in the data directory; with a URL it uses that Redis, or with a
+`redis+cluster://` URL that Redis Cluster (`client.py`). Everything else is the same: keys are
+laid out so that each script or transaction touches one slot (`keys.py`).
 """
 
 from __future__ import annotations
@@ -15,15 +17,19 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import ClusterPubSub, RedisCluster
 
+from latentguard.server.errors import STORE_UNAVAILABLE
 from latentguard.server.store.alerts import AlertStream
+from latentguard.server.store.client import Client, connect
 from latentguard.server.store.embedded import RedisServer
 from latentguard.server.store.keys import Keys
+from latentguard.server.store.layout import StoreLayoutError, ensure_layout
 from latentguard.server.store.traces import TraceStore
 from latentguard.server.store.versioned import VersionedStore
 
-__all__ = ["AlertStream", "Store", "TraceStore", "VersionedStore"]
+__all__ = ["AlertStream", "Store", "StoreLayoutError", "TraceStore", "VersionedStore"]
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +40,7 @@ class Store:
     """Rules, policies, traces and alerts in one Redis."""
 
     def __init__(
-        self, client: aioredis.Redis, *, prefix: str = "lg",
+        self, client: Client, *, prefix: str = "lg",
         retention: timedelta = timedelta(days=7), alert_maxlen: int = 100_000,
         embedded: RedisServer | None = None,
     ) -> None:
@@ -45,21 +51,25 @@ class Store:
         self.traces = TraceStore(client, self.keys, retention)
         self.alerts = AlertStream(client, self.keys, alert_maxlen, retention)
         self._embedded = embedded
+        self.cluster = isinstance(client, RedisCluster)
+        """A Redis Cluster (`redis+cluster://`), not one Redis."""
 
     @classmethod
     async def open(
         cls, url: str | None, data_dir: Path, **kwargs: Any
     ) -> Store:
-        """Connects to `url`, or starts the embedded Redis under `data_dir` when it is None."""
+        """Connects to `url`, or starts the embedded Redis under `data_dir` when it is None;
+        checks the stored key layout (moving an earlier layout's traces, once)."""
         embedded = None
         if url is None:
             # Started from the event loop's own thread on purpose: the server is tied to the
             # life of the thread that starts it (PR_SET_PDEATHSIG), which must outlive the store.
             embedded = RedisServer(data_dir).start()
             url = embedded.url
-        client = aioredis.Redis.from_url(url, health_check_interval=30)
+        client = connect(url)
         try:
             await client.ping()
+            await ensure_layout(client, Keys(kwargs.get("prefix", "lg")))
         except Exception:
             await client.aclose()
             if embedded is not None:
@@ -77,11 +87,15 @@ class Store:
         `poll_s` so a notice lost to a reconnect still triggers a reload within that time.
         """
         seen = await self.revision()
-        pubsub = self.client.pubsub()
-        await pubsub.subscribe(self.keys.changes)
+        pubsub: PubSub | ClusterPubSub | None = None
         try:
             while True:
                 try:
+                    if pubsub is None:
+                        # On a cluster, the node of the channel's slot: PUBLISH reaches every
+                        # node, and a new one is chosen after an error (that node restarted).
+                        pubsub = self.client.pubsub()
+                        await pubsub.subscribe(self.keys.changes)
                     msg = await pubsub.get_message(ignore_subscribe_messages=True,
                                                    timeout=poll_s)
                     if msg is not None:
@@ -93,16 +107,24 @@ class Store:
                     if current != seen:
                         seen = current
                         await callback({"kind": "poll", "revision": current})
-                except (ConnectionError, OSError, aioredis.ConnectionError) as exc:
+                except STORE_UNAVAILABLE as exc:
                     log.warning("change notices interrupted (%s); retrying", exc)
+                    if self.cluster and pubsub is not None:
+                        await _close(pubsub)
+                        pubsub = None
                     await asyncio.sleep(poll_s)
         finally:
-            # Bounded: closing a pub/sub connection cancelled mid-read can otherwise hang.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(pubsub.aclose(), 2)
+            if pubsub is not None:
+                await _close(pubsub)
 
     async def close(self) -> None:
         await self.client.aclose()
         if self._embedded is not None:
             self._embedded.stop()
             self._embedded = None
+
+
+async def _close(pubsub: PubSub | ClusterPubSub) -> None:
+    # Bounded: closing a pub/sub connection cancelled mid-read can otherwise hang.
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(pubsub.aclose(), 2)

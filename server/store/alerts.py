@@ -19,11 +19,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from latentguard.server.errors import InvalidArgument, quoted
 from latentguard.server.records import AlertRecord
+from latentguard.server.store.client import Client
 from latentguard.server.store.keys import Keys, text
 
 # Stream replies as this client returns them (bytes: no decode_responses); redis-py's own
@@ -58,7 +58,7 @@ def _valid_id(stream_id: str) -> bool:
 
 
 class AlertStream:
-    def __init__(self, client: aioredis.Redis, keys: Keys, maxlen: int,
+    def __init__(self, client: Client, keys: Keys, maxlen: int,
                  retention: timedelta | None = None) -> None:
         self._r = client
         self._key = keys.alerts

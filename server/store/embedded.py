@@ -103,9 +103,11 @@ class RedisServer:
 
     def __init__(
         self, data_dir: Path, *, port: int | None = None, persistent: bool = True,
-        binary: str | None = None,
+        binary: str | None = None, extra_config: tuple[str, ...] = (),
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.extra_config = extra_config
+        """redis.conf lines after the others (a later line wins), e.g. cluster mode."""
         self.binary = binary
         self.port = port
         self.persistent = persistent
@@ -137,7 +139,7 @@ class RedisServer:
             lines += ["appendonly yes", "appendfsync everysec", 'save "300 1"']
         else:
             lines += ["appendonly no", 'save ""']
-        return "\n".join(lines) + "\n"
+        return "\n".join([*lines, *self.extra_config]) + "\n"
 
     def start(self, timeout: float = 20.0) -> RedisServer:
         redis_dir = private_dir(self.data_dir / "redis")

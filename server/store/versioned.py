@@ -12,10 +12,9 @@ import logging
 from datetime import datetime
 from typing import Any, cast
 
-import redis.asyncio as aioredis
-
 from latentguard.server.errors import NotFound, VersionConflict
 from latentguard.server.records import ObjectKind, Versioned, utcnow
+from latentguard.server.store.client import Client
 from latentguard.server.store.keys import Keys, text
 
 log = logging.getLogger(__name__)
@@ -62,7 +61,7 @@ return {version, rev}
 class VersionedStore:
     """Rules (kind "rule") or policies (kind "policy")."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys, kind: ObjectKind) -> None:
+    def __init__(self, client: Client, keys: Keys, kind: ObjectKind) -> None:
         self._r = client
         self._keys = keys
         self.kind = kind

@@ -1,9 +1,12 @@
-"""Store contract: runs against the embedded Redis and an external one (see conftest)."""
+"""Store contract: runs against the embedded Redis, an external one and a three-node Redis
+Cluster reached through one of its nodes (see conftest)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -19,8 +22,15 @@ from latentguard.server.records import (
     utcnow,
 )
 from latentguard.server.store import Store
+from tests.conftest import opened_store
 
 SPEC = {"name": "r1", "when": {"signal": {"feature": 3, "threshold": 1.0}}}
+
+
+@pytest.fixture(params=["embedded", "external", "cluster"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    async with opened_store(request.param, request, tmp_path) as opened:
+        yield opened
 
 
 def hit(rule: str, severity: str = "high", position: int = 4) -> RuleHit:
