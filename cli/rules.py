@@ -1,4 +1,4 @@
-"""`latentguard rules validate | apply | list | delete`."""
+"""`latentguard rules validate | apply | list | delete | stats` (stats: `cli/rule_stats.py`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from latentguard import wire
-from latentguard.cli import render
+from latentguard.cli import render, rule_stats
 from latentguard.cli.common import (
     EXIT_FAIL,
     EXIT_OK,
@@ -160,3 +160,4 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--expected-version", type=int)
     add_connection(p)
     p.set_defaults(func=cmd_rules_delete)
+    rule_stats.register(rules)
