@@ -58,7 +58,8 @@ def rules_table(resp: rules_pb2.ListRulesResponse) -> Table:
         table.add_column(col)
     for r in resp.rules:
         table.add_row(r.name, str(r.version), _sev(r.severity), _name(wire.SCOPE, r.scope),
-                      _name(wire.ACTION, r.action.type),
+                      _name(wire.ACTION, r.action.type)
+                      + (" at the end" if r.check == rules_pb2.CHECK_END else ""),
                       sae_text(r.sae) if r.HasField("sae") else "-", _applied(r),
                       r.description)
     return table

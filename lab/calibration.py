@@ -3,10 +3,11 @@
 A rule whose condition is one signal fires on a text exactly when some run of ``consecutive``
 in-scope tokens all compare true, so its firing statistic on a text is the max over tokens of
 the min over the last ``consecutive`` values (the windowed value where the signal has a window,
-computed by the session's own window code). The threshold is put just where at most
-``floor(target_fpr * n)`` benign texts would fire, then the rule session itself is run on the
-benign texts with the new threshold to measure the FPR it really gives. Rules combining several
-signals are left as they are: one FPR target does not say how to split it among the signals.
+computed by the session's own window code; for an end rule, the value at the last token). The
+threshold is put just where at most ``floor(target_fpr * n)`` benign texts would fire, then the
+rule session itself is run on the benign texts with the new threshold to measure the FPR it
+really gives. Rules combining several signals are left as they are: one FPR target does not say
+how to split it among the signals.
 """
 
 from __future__ import annotations
@@ -53,10 +54,13 @@ class CalibrationReport(BaseModel):
     rules: list[RuleCalibration]
 
 
-def _statistic(values: list[float], consecutive: int) -> float:
-    """max over tokens of min over the last ``consecutive`` values (-inf: too few tokens)."""
+def _statistic(values: list[float], consecutive: int, at_end: bool = False) -> float:
+    """max over tokens of min over the last ``consecutive`` values (-inf: too few tokens); for
+    an end rule, the value at the last token."""
     if len(values) < consecutive:
         return -math.inf
+    if at_end:
+        return values[-1]
     return max(min(values[t - consecutive + 1:t + 1]) for t in range(consecutive - 1,
                                                                         len(values)))
 
@@ -65,8 +69,9 @@ def _fpr(engine: RuleEngine, signals: Signals, role: Role) -> dict[str, float]:
     fired: dict[str, int] = dict.fromkeys(engine.rules, 0)
     for features, probes in signals:
         n = features.shape[0]
-        hits = engine.new_session(EVAL_POLICY).step(features, probes, list(range(1, n + 1)),
-                                                    [role == "prompt"] * n)
+        session = engine.new_session(EVAL_POLICY)
+        hits = session.step(features, probes, list(range(1, n + 1)), [role == "prompt"] * n)
+        hits += session.finish()
         for name in {h.rule for h in hits}:
             fired[name] += 1
     return {name: count / max(len(signals), 1) for name, count in fired.items()}
@@ -76,8 +81,9 @@ def _threshold(rule: Rule, monitor: Monitor, signals: Signals, target_fpr: float
     compiled = monitor.engine.rules[rule.name].signals[0]
     sig = compiled.signal
     sign = 1.0 if sig.op in (">", ">=") else -1.0
+    at_end = rule.check == "end"
     stats = sorted((_statistic([sign * v for v in signal_series(compiled, f, p)],
-                               sig.consecutive) for f, p in signals), reverse=True)
+                               sig.consecutive, at_end) for f, p in signals), reverse=True)
     allowed = int(target_fpr * len(stats) + 1e-9)
     finite = [s for s in stats if math.isfinite(s)]
     if allowed >= len(stats) or not math.isfinite(stats[allowed]):

@@ -2,11 +2,12 @@
 
 Every text goes through the HF model (cut after the SAE's layer) and then through the sidecar's
 own per-token path (:func:`latentguard.monitors.rules.rule_signals` and a ``RuleSession``), so a
-rule "fires" here exactly when it would fire in serving. Per text, a rule's score is the max over
-its in-scope tokens of its first signal's value (windowed when the signal has a window; negated
-for ``<`` / ``<=``, so higher always means "more like firing"), and a probe's the max of its
-score. Activations are cached on disk (see :mod:`latentguard.lab.evalcache`), so rerunning with
-another pack or threshold costs only the SAE encode.
+rule "fires" here exactly when it would fire in serving. Per text, a rule's score is the max
+over its in-scope tokens of its first signal's value (windowed when the signal has a window;
+negated for ``<`` / ``<=``, so higher always means "more like firing"), or for an end rule
+(``check: end``) that value at the text's end; a probe's score is the max of its score.
+Activations are cached on disk (see :mod:`latentguard.lab.evalcache`), so rerunning with another
+pack or threshold costs only the SAE encode.
 """
 
 from __future__ import annotations
@@ -166,15 +167,17 @@ def text_signals(monitor: Monitor, rows: Tensor, role: Role) -> TextSignals:
     engine = monitor.engine
     features, probes = rule_signals(monitor.sae, engine, monitor.probes, rows)
     n = rows.shape[0]
-    hits = engine.new_session(EVAL_POLICY).step(
-        features, probes, list(range(1, n + 1)), [role == "prompt"] * n)
+    session = engine.new_session(EVAL_POLICY)
+    hits = session.step(features, probes, list(range(1, n + 1)), [role == "prompt"] * n)
+    hits += session.finish()
     scores = {}
     for name, compiled in engine.rules.items():
         if not in_scope(compiled.rule, role):
             continue
         first = compiled.signals[0]
         sign = 1.0 if first.signal.op in (">", ">=") else -1.0
-        scores[name] = max(sign * v for v in signal_series(first, features, probes))
+        series = [sign * v for v in signal_series(first, features, probes)]
+        scores[name] = series[-1] if compiled.rule.check == "end" else max(series)
     probe_max = {}
     if probes is not None:
         top = probes.max(0).values.tolist()

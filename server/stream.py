@@ -221,22 +221,29 @@ class StreamSession:
         self.watchers.put(span.tag, TokensSeen(result.tokens, result.series))
         verdicts = []
         for hit in result.hits:
-            if len(trace.hits) < cap:
-                trace.hits.append(hit)
-            else:
-                self._dropped(state, hits=1)
-            self.writer.publish(AlertRecord(trace_id=trace.id, request_tag=trace.request_tag,
-                                            model=trace.model, policy=state.policy.name,
-                                            hit=hit))
-            self.runtime.telemetry.record_hit(
-                state.span, rule=hit.rule, severity=hit.severity, action=hit.action.type,
-                score=hit.score, explanation=hit.explanation, request_tag=span.tag)
-            self.watchers.put(span.tag, HitFound(hit))
-            verdict = self.verdict(state, hit)
+            verdict = self.hit_found(state, hit)
             if verdict is not None:
-                self.watchers.put(span.tag, VerdictGiven(verdict))
                 verdicts.append(verdict)
         return verdicts
+
+    def hit_found(self, state: RequestState, hit: RuleHit) -> Verdict | None:
+        """Keeps the hit in the trace, publishes its alert, tells telemetry and watchers;
+        returns the verdict it calls for."""
+        trace = state.trace
+        if len(trace.hits) < self.runtime.settings.max_tokens_per_request:
+            trace.hits.append(hit)
+        else:
+            self._dropped(state, hits=1)
+        self.writer.publish(AlertRecord(trace_id=trace.id, request_tag=trace.request_tag,
+                                        model=trace.model, policy=state.policy.name, hit=hit))
+        self.runtime.telemetry.record_hit(
+            state.span, rule=hit.rule, severity=hit.severity, action=hit.action.type,
+            score=hit.score, explanation=hit.explanation, request_tag=trace.request_tag)
+        self.watchers.put(trace.request_tag, HitFound(hit))
+        verdict = self.verdict(state, hit)
+        if verdict is not None:
+            self.watchers.put(trace.request_tag, VerdictGiven(verdict))
+        return verdict
 
     def _dropped(self, state: RequestState, *, tokens: int = 0, hits: int = 0) -> None:
         """Counts what the trace did not keep (past `max_tokens_per_request`); says so in the
@@ -267,6 +274,11 @@ class StreamSession:
     def close(self, end: RequestClose) -> None:
         state = self.requests.pop(end.tag)
         trace = state.trace
+        if state.rules is not None:
+            # End rules read the whole request (alerts only; nothing is left to block). A
+            # request cut short (monitoring gap) is checked on the tokens that were seen.
+            for hit in state.rules.finish():
+                self.hit_found(state, hit)
         trace.ended_at = utcnow()
         trace.finish_reason = "blocked" if state.blocked_by else (end.finish_reason or "stop")
         trace.blocked = bool(state.blocked_by)

@@ -12,6 +12,7 @@ from latentguard import wire
 from latentguard.monitors.errors import RuleValidationError, ShapeError
 from latentguard.monitors.rules import Policy, RuleHit, Steer, load_rule_pack, schema
 from latentguard.server import records
+from latentguard.v1 import rules_pb2
 
 
 @pytest.mark.parametrize(("table", "literal"), [
@@ -55,6 +56,20 @@ def test_rules_and_policies_round_trip() -> None:
     rule, policy = pack.rules[0], pack.policies[0]
     assert type(rule).model_validate(wire.rule_dict(wire.rule_proto(rule))) == rule
     assert Policy.model_validate(wire.policy_dict(wire.policy_proto(policy))) == policy
+
+
+def test_end_rules_and_whole_request_windows_round_trip() -> None:
+    rule = load_rule_pack("""\
+rules:
+  - name: lies
+    check: end
+    when: {probe: deception, threshold: 0.5, window: {agg: mean}}
+""").rules[0]
+    msg = wire.rule_proto(rule)
+    assert msg.check == rules_pb2.CHECK_END and msg.when.signal.window.size == 0
+    assert type(rule).model_validate(wire.rule_dict(msg)) == rule
+    token = rule.model_copy(update={"check": "token"})
+    assert wire.rule_proto(token).check == rules_pb2.CHECK_TOKEN
 
 
 def test_steer_and_verdict_round_trip_and_refusals() -> None:

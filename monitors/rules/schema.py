@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -64,10 +65,11 @@ class _Model(BaseModel):
 
 
 class Window(_Model):
-    """Aggregate a signal over the last ``size`` tokens in the rule's scope."""
+    """Aggregate a signal over the last ``size`` tokens in the rule's scope, or over all of them."""
 
-    size: int = Field(ge=1, le=MAX_WINDOW)
-    """Number of most recent in-scope tokens aggregated (1..4096)."""
+    size: int | None = Field(default=None, ge=1, le=MAX_WINDOW)
+    """Number of most recent in-scope tokens aggregated (1..4096); None (the default): every
+    in-scope token of the request so far (what an end-of-request rule usually reads)."""
     agg: Literal["max", "mean", "sum", "count"] = "max"
     """Aggregate: max, mean, sum, or count of tokens whose value is above ``above``."""
     above: float | None = None
@@ -189,12 +191,41 @@ class Rule(_Model):
     enabled: bool = True
     scope: Scope = "generation"
     """Which tokens the rule looks at: prompt tokens, generated tokens, or both."""
+    check: Literal["token", "end"] = "token"
+    """When the condition is checked: on every in-scope token (``token``), or once when the
+    request ends (``end``), on each signal's window over the request. Some signals only mean
+    something over a whole answer (a mean probe score over the generation reads deception far
+    better than any token or short window does); an end rule can only alert, since the text
+    has been sent by then."""
     when: Condition
     action: Action = Action()
     sae: SAEIdentity | None = None
     """The SAE the rule was written for: its feature indices and probes mean something only
     there, so a sidecar that loads another SAE does not apply it (``monitors.rules.binding``).
     None until the rule is bound (a pack's ``sae:``, or the sidecar it is applied to)."""
+
+    # Field validators (not one on the model) so that an error is located at the field.
+    @field_validator("when")
+    @classmethod
+    def _end_reads_windows(cls, when: Condition, info: ValidationInfo) -> Condition:
+        if info.data.get("check") != "end":
+            return when
+        for path, sig in when.signal_paths("when"):
+            if sig.window is None:
+                raise ValueError(f"{path}.window: a rule checked at the end of the request needs "
+                                 "a window on every signal (e.g. {agg: mean}: the whole request)")
+            if sig.consecutive != 1:
+                raise ValueError(f"{path}.consecutive: a rule checked at the end of the request "
+                                 "is checked once, so it must be 1")
+        return when
+
+    @field_validator("action")
+    @classmethod
+    def _end_only_alerts(cls, action: Action, info: ValidationInfo) -> Action:
+        if info.data.get("check") == "end" and action.type != "alert":
+            raise ValueError(f"a rule checked at the end of the request can only alert (its "
+                             f"text has been sent by then), not {action.type}")
+        return action
 
 
 class Policy(_Model):

@@ -10,6 +10,9 @@ Semantics, per rule:
 * A rule fires once per crossing: a hit is emitted on the token where the condition becomes
   true; no further hit while it stays true; it can fire again after it has been false on at
   least one in-scope token.
+* A rule with ``check: end`` is not checked per token: its windows see every in-scope token,
+  and ``finish()`` checks it once, on their values at the end (a hit at the last in-scope
+  token); a request with no in-scope token gives it nothing to check.
 * A hit's ``score`` is the value of the first signal that holds (depth first); ``evidence``
   lists every holding signal with the position that explains it (for a ``max`` window, the
   token that holds the maximum) and its value.
@@ -61,7 +64,7 @@ class _SignalState:
 
 
 class _RuleState:
-    __slots__ = ("compiled", "signals", "active", "prompt", "generation")
+    __slots__ = ("compiled", "signals", "active", "prompt", "generation", "at_end", "last")
 
     def __init__(self, compiled: CompiledRule) -> None:
         self.compiled = compiled
@@ -70,6 +73,9 @@ class _RuleState:
         scope = compiled.rule.scope
         self.prompt = scope in ("prompt", "both")
         self.generation = scope in ("generation", "both")
+        self.at_end = compiled.rule.check == "end"
+        self.last: tuple[list[tuple[bool, float, int]], int] | None = None
+        """An end rule's signal results and position at its latest in-scope token."""
 
 
 class RuleSession:
@@ -121,10 +127,25 @@ class RuleSession:
                     c = sig.compiled
                     value = fv[t][c.column] if c.source == "f" else pv[t][c.column]  # type: ignore[index]
                     results.append(sig.update(value, position))
+                if state.at_end:
+                    state.last = (results, position)
+                    continue
                 holds = _evaluate(state.compiled.tree, results)
                 if holds and not state.active:
                     hits.append(_hit(state, results, position))
                 state.active = holds
+        return hits
+
+    def finish(self) -> list[RuleHit]:
+        """The request ended: check the end rules (``check: end``) once, on their windows over
+        the request. Call it once, after the last ``step``."""
+        hits: list[RuleHit] = []
+        for state in self._rules:
+            if state.at_end and state.last is not None:
+                results, position = state.last
+                if _evaluate(state.compiled.tree, results):
+                    hits.append(_hit(state, results, position))
+                state.last = None  # a second finish() must not fire it again
         return hits
 
 
@@ -155,8 +176,11 @@ def _describe(sig: Signal, value: float, where: int, run_start: int) -> str:
     w = sig.window
     if w is not None:
         what = f"count of tokens > {w.above:g}" if w.agg == "count" else w.agg
-        text += f" {what} over the last {w.size} tokens"
-    text += f" = {value:.4g} {sig.op} {sig.threshold:g} at position {where}"
+        text += (f" {what} over the last {w.size} tokens" if w.size is not None
+                 else f" {what} over the request's tokens")
+    text += f" = {value:.4g} {sig.op} {sig.threshold:g}"
+    if w is None or w.size is not None or w.agg == "max":  # a whole-request sum has no position
+        text += f" at position {where}"
     if sig.consecutive > 1:
         text += f" for {sig.consecutive}+ consecutive tokens since position {run_start}"
     return text
@@ -171,9 +195,8 @@ def _hit(state: _RuleState, results: list[tuple[bool, float, int]], position: in
             sig = sig_state.compiled.signal
             evidence.append(Evidence(signal=sig.source_name, position=where, value=float(value)))
             parts.append(_describe(sig, value, where, sig_state.run_start))
-    explanation = f"rule {rule.name} ({rule.severity}) fired at position {position}: " + "; ".join(
-        parts
-    )
+    when = "at the end of the request" if state.at_end else f"at position {position}"
+    explanation = f"rule {rule.name} ({rule.severity}) fired {when}: " + "; ".join(parts)
     return RuleHit(
         rule=rule.name,
         severity=rule.severity,

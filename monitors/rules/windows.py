@@ -2,7 +2,7 @@
 
 Each window sees only the tokens in its rule's scope, in arrival order. Until ``size`` tokens
 have been seen it aggregates over the tokens seen so far (so ``mean`` is the mean of those, and
-``count``/``sum`` count/sum them).
+``count``/``sum`` count/sum them). A window without ``size`` aggregates every token seen.
 """
 
 from __future__ import annotations
@@ -97,7 +97,40 @@ class _Count(WindowAgg):
         return float(self._count), position
 
 
+class _Whole(WindowAgg):
+    """Every token seen so far: running max (with its position), sum (compensated, so a long
+    request does not drift), mean or count."""
+
+    def __init__(self, agg: str, above: float) -> None:
+        super().__init__(0)
+        self.agg, self.above = agg, above
+        self._n = 0
+        self._sum = 0.0
+        self._carry = 0.0  # Neumaier compensation of _sum
+        self._max = -math.inf
+        self._argmax = 0
+
+    def push(self, value: float, position: int) -> tuple[float, int]:
+        self._n += 1
+        if self.agg == "max":
+            if value > self._max or self._n == 1:
+                self._max, self._argmax = value, position
+            return self._max, self._argmax
+        if self.agg == "count":
+            value = 1.0 if value > self.above else 0.0
+        total = self._sum + value
+        if abs(self._sum) >= abs(value):
+            self._carry += (self._sum - total) + value
+        else:
+            self._carry += (value - total) + self._sum
+        self._sum = total
+        exact = self._sum + self._carry
+        return (exact / self._n if self.agg == "mean" else exact), position
+
+
 def make_window(window: Window) -> WindowAgg:
+    if window.size is None:
+        return _Whole(window.agg, window.above if window.above is not None else 0.0)
     if window.agg == "max":
         return _Max(window.size)
     if window.agg == "sum":

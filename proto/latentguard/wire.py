@@ -25,7 +25,7 @@ from latentguard.monitors.sae.identity import SAEIdentity
 from latentguard.v1 import common_pb2, monitor_pb2, rules_pb2, traces_pb2
 
 __all__ = [
-    "ACTION", "AGG", "FAILURE", "LABEL", "MODE", "OP", "SCOPE", "SEVERITY", "STATUS",
+    "ACTION", "AGG", "CHECK", "FAILURE", "LABEL", "MODE", "OP", "SCOPE", "SEVERITY", "STATUS",
     "STEER_MODE", "EnumTable", "Stored", "Verdict", "check_steer", "from_timestamp", "hit_proto",
     "policy_dict", "policy_proto", "rule_dict", "rule_proto", "rows_from_proto", "rows_proto",
     "sae_proto", "steer_model", "steer_proto", "to_timestamp", "verdict_model", "verdict_proto",
@@ -79,6 +79,7 @@ SEVERITY = EnumTable(common_pb2.Severity, "SEVERITY_")
 ACTION = EnumTable(common_pb2.ActionType, "ACTION_TYPE_")
 STEER_MODE = EnumTable(common_pb2.SteerMode, "STEER_MODE_")
 SCOPE = EnumTable(rules_pb2.Scope, "SCOPE_")
+CHECK = EnumTable(rules_pb2.Check, "CHECK_")
 AGG = EnumTable(rules_pb2.Aggregation, "AGGREGATION_")
 OP = EnumTable(rules_pb2.Comparison, "COMPARISON_",
                {"GT": ">", "GE": ">=", "LT": "<", "LE": "<="})
@@ -167,7 +168,7 @@ def _condition_dict(msg: rules_pb2.Condition) -> dict[str, Any]:
         d[source] = getattr(s, source)
     _put(d, "op", OP.name(s.op))
     if s.HasField("window"):
-        w: dict[str, Any] = {"size": s.window.size}
+        w: dict[str, Any] = {"size": s.window.size} if s.window.size else {}
         _put(w, "agg", AGG.name(s.window.agg))
         if s.window.HasField("above"):
             w["above"] = s.window.above
@@ -185,6 +186,7 @@ def rule_dict(msg: rules_pb2.Rule) -> dict[str, Any]:
     if msg.HasField("enabled"):
         d["enabled"] = msg.enabled
     _put(d, "scope", SCOPE.name(msg.scope))
+    _put(d, "check", CHECK.name(msg.check))
     if msg.HasField("sae"):
         d["sae"] = {"name": msg.sae.name, "hook": msg.sae.hook, "sha256": msg.sae.sha256}
     if msg.HasField("action"):
@@ -234,7 +236,7 @@ def _condition_proto(cond: Condition) -> rules_pb2.Condition:
     else:
         sig.probe = s.probe or ""
     if s.window is not None:
-        sig.window.size = s.window.size
+        sig.window.size = s.window.size or 0
         sig.window.agg = AGG[s.window.agg]
         if s.window.above is not None:
             sig.window.above = s.window.above
@@ -256,7 +258,8 @@ def rule_proto(rule: Rule, stored: Stored | None = None, inactive_reason: str | 
                ) -> rules_pb2.Rule:
     msg = rules_pb2.Rule(
         name=rule.name, description=rule.description, severity=SEVERITY[rule.severity],
-        enabled=rule.enabled, scope=SCOPE[rule.scope], when=_condition_proto(rule.when),
+        enabled=rule.enabled, scope=SCOPE[rule.scope], check=CHECK[rule.check],
+        when=_condition_proto(rule.when),
         action=rules_pb2.Action(type=ACTION[rule.action.type]),
         inactive_reason=inactive_reason or "",
     )

@@ -289,3 +289,58 @@ def test_caps_per_request_and_per_stream(tmp_path: Path, capsys) -> None:
         assert listed[0].tokens_dropped == 7  # listings say so too
         assert cli(["traces", "show", trace.id, "--target", sidecar.target]) == 0
         assert "truncated: 7 more tokens and 0 more hits" in capsys.readouterr().out
+
+
+END_RULES = """\
+rules:
+  - name: mean-9
+    severity: medium
+    check: end
+    when: {feature: 9, threshold: 1.0, window: {agg: mean}}
+policies:
+  - {name: default, rules: ["*"]}
+"""
+
+
+def test_end_rules_alert_once_when_the_request_ends(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(END_RULES)
+    with running_sidecar(tmp_path / "data", sae_path=build_sae(tmp_path / "sae"),
+                         rules_file=rules, model_name="tiny-test") as sidecar:
+        drive = StreamDriver(sidecar.channel())
+        drive.hello()
+        # The prompt's high values are out of the rule's scope (generation).
+        drive.step(step=1, started=[start("E"), start("F"), start("G")],
+                   spans=[monitor_pb2.RowSpan(request_tag=t, row_start=i, positions=[0],
+                                              token_ids=[1], prefill=True)
+                          for i, t in enumerate("EFG")],
+                   rows=rows({9: 50.0}, {9: 50.0}, {9: 50.0}))
+        for step, (e, f, g) in enumerate([(2.0, 2.0, 3.0), (0.0, 0.0, 0.0), (2.0, 0.0, 0.0)],
+                                         start=2):
+            reply = drive.step(step=step, spans=[
+                monitor_pb2.RowSpan(request_tag=t, row_start=i, positions=[step - 1],
+                                    token_ids=[2]) for i, t in enumerate("EFG")],
+                rows=rows({9: e}, {9: f}, {9: g}))
+            assert list(reply.verdicts.verdicts) == []  # an end rule never blocks or steers
+        traces = traces_pb2_grpc.TracesStub(sidecar.channel())
+        # E: mean 4/3 > 1 fires; F: mean 2/3 does not. G is cut off by the stream's end and
+        # is checked on what was seen (mean 1.0, not above 1.0: no hit).
+        drive.step(step=5, finished=[monitor_pb2.RequestEnd(request_tag="E"),
+                                     monitor_pb2.RequestEnd(request_tag="F")])
+        drive.close()
+        sidecar.run(sidecar.sidecar.writer.flush())
+        listed = traces.ListTraces(traces_pb2.ListTracesRequest()).traces
+        by_tag = {t.request_tag: t for t in listed}
+        for tag in "FG":  # stored (LATENTGUARD_TRACE_STORE is "all" by default), no hit
+            assert tag not in by_tag or not traces.GetTrace(
+                traces_pb2.GetTraceRequest(id=by_tag[tag].id)).hits
+        flagged = traces.ListTraces(traces_pb2.ListTracesRequest(rule="mean-9")).traces
+        assert [t.request_tag for t in flagged] == ["E"]
+        e = traces.GetTrace(traces_pb2.GetTraceRequest(id=flagged[0].id))
+        assert [(h.rule, h.position) for h in e.hits] == [("mean-9", 3)]
+        assert e.hits[0].score == pytest.approx(4 / 3)
+        assert "at the end of the request" in e.hits[0].explanation
+        alerts = traces.StreamAlerts(traces_pb2.StreamAlertsRequest(after_id="0"))
+        first = next(alerts)
+        alerts.cancel()
+        assert first.hit.rule == "mean-9" and first.request_tag == "E"

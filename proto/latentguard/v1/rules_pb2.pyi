@@ -18,6 +18,12 @@ class Scope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SCOPE_GENERATION: _ClassVar[Scope]
     SCOPE_BOTH: _ClassVar[Scope]
 
+class Check(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CHECK_UNSPECIFIED: _ClassVar[Check]
+    CHECK_TOKEN: _ClassVar[Check]
+    CHECK_END: _ClassVar[Check]
+
 class Aggregation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     AGGREGATION_UNSPECIFIED: _ClassVar[Aggregation]
@@ -49,6 +55,9 @@ SCOPE_UNSPECIFIED: Scope
 SCOPE_PROMPT: Scope
 SCOPE_GENERATION: Scope
 SCOPE_BOTH: Scope
+CHECK_UNSPECIFIED: Check
+CHECK_TOKEN: Check
+CHECK_END: Check
 AGGREGATION_UNSPECIFIED: Aggregation
 AGGREGATION_MAX: Aggregation
 AGGREGATION_MEAN: Aggregation
@@ -127,7 +136,7 @@ class SAEIdentity(_message.Message):
     def __init__(self, name: _Optional[str] = ..., hook: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class Rule(_message.Message):
-    __slots__ = ("name", "description", "severity", "enabled", "scope", "when", "action", "version", "updated_at", "updated_by", "sae", "inactive_reason")
+    __slots__ = ("name", "description", "severity", "enabled", "scope", "when", "action", "version", "updated_at", "updated_by", "sae", "inactive_reason", "check")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     SEVERITY_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +149,7 @@ class Rule(_message.Message):
     UPDATED_BY_FIELD_NUMBER: _ClassVar[int]
     SAE_FIELD_NUMBER: _ClassVar[int]
     INACTIVE_REASON_FIELD_NUMBER: _ClassVar[int]
+    CHECK_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     severity: _common_pb2.Severity
@@ -152,7 +162,8 @@ class Rule(_message.Message):
     updated_by: str
     sae: SAEIdentity
     inactive_reason: str
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., severity: _Optional[_Union[_common_pb2.Severity, str]] = ..., enabled: _Optional[bool] = ..., scope: _Optional[_Union[Scope, str]] = ..., when: _Optional[_Union[Condition, _Mapping]] = ..., action: _Optional[_Union[Action, _Mapping]] = ..., version: _Optional[int] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ..., sae: _Optional[_Union[SAEIdentity, _Mapping]] = ..., inactive_reason: _Optional[str] = ...) -> None: ...
+    check: Check
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., severity: _Optional[_Union[_common_pb2.Severity, str]] = ..., enabled: _Optional[bool] = ..., scope: _Optional[_Union[Scope, str]] = ..., when: _Optional[_Union[Condition, _Mapping]] = ..., action: _Optional[_Union[Action, _Mapping]] = ..., version: _Optional[int] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ..., sae: _Optional[_Union[SAEIdentity, _Mapping]] = ..., inactive_reason: _Optional[str] = ..., check: _Optional[_Union[Check, str]] = ...) -> None: ...
 
 class Policy(_message.Message):
     __slots__ = ("name", "description", "rules", "mode", "on_failure", "timeout_ms", "monitoring", "version", "updated_at", "updated_by")

@@ -216,7 +216,8 @@ def reference_hits(values, prompt, scope, op, threshold, window, consecutive):
         if window is None:
             agg = v
         else:
-            last = history[-window["size"]:]
+            size = window.get("size")
+            last = history if size is None else history[-size:]
             agg = {"max": max(last), "sum": sum(last), "mean": sum(last) / len(last),
                    "count": sum(x > window.get("above", 0) for x in last)}[window["agg"]]
         run_len = run_len + 1 if OPS[op](agg, threshold) else 0
@@ -233,6 +234,8 @@ windows = st.one_of(
               st.sampled_from(["max", "sum", "mean"])),
     st.builds(lambda s, above: {"size": s, "agg": "count", "above": above}, st.integers(1, 6),
               st.sampled_from([-0.5, 0.0, 0.5])),
+    st.builds(lambda a: {"agg": a}, st.sampled_from(["max", "sum", "mean"])),  # whole request
+    st.builds(lambda above: {"agg": "count", "above": above}, st.sampled_from([-0.5, 0.0, 0.5])),
 )
 
 
@@ -286,3 +289,73 @@ def test_features_probes_add_their_features_to_the_encode():
     assert sorted(h.rule for h in hits) == ["a", "b"]
     with pytest.raises(UnknownFeatureError, match="feature 40 out of range"):
         RuleEngine([], probes=FeatureProbes(), d_sae=16)
+
+
+def reference_end_hit(values, prompt, scope, op, threshold, window):
+    """Brute force of an end rule: its window's aggregate over the in-scope tokens, once."""
+    seen = [(pos, v) for pos, (v, p) in enumerate(zip(values, prompt, strict=True))
+            if scope == "both" or (scope == "prompt") == p]
+    if not seen:
+        return []
+    size = window.get("size")
+    last = [v for _, v in (seen if size is None else seen[-size:])]
+    agg = {"max": max(last), "sum": sum(last), "mean": sum(last) / len(last),
+           "count": sum(x > window.get("above", 0) for x in last)}[window["agg"]]
+    return [(seen[-1][0], agg)] if OPS[op](agg, threshold) else []
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.lists(st.sampled_from([-2.0, -0.5, 0.0, 0.25, 0.5, 1.0, 2.0, 3.0]), max_size=40),
+    data=st.data(),
+    scope=st.sampled_from(["prompt", "generation", "both"]),
+    op=st.sampled_from(list(OPS)),
+    threshold=st.sampled_from([-1.0, 0.0, 0.5, 1.0, 2.0]),
+    window=windows.filter(lambda w: w is not None),
+    chunk=st.integers(1, 7),
+)
+def test_end_rules_match_brute_force(values, data, scope, op, threshold, window, chunk):
+    prompt = sorted(data.draw(st.lists(st.booleans(), min_size=len(values),
+                                       max_size=len(values))), reverse=True)
+    when = {"feature": 5, "op": op, "threshold": threshold, "window": window}
+    engine = RuleEngine([Rule.model_validate({"name": "r", "scope": scope, "check": "end",
+                                              "when": when})], d_sae=8)
+    session = engine.new_session(ALL)
+    for lo in range(0, len(values), chunk):
+        hi = min(lo + chunk, len(values))
+        fv = torch.tensor([[v] for v in values[lo:hi]], dtype=torch.float32).reshape(-1, 1)
+        assert session.step(fv, None, list(range(lo, hi)), prompt[lo:hi]) == []
+    got = session.finish()
+    want = reference_end_hit(values, prompt, scope, op, threshold, window)
+    assert [(h.position, h.score) for h in got] == [(p, pytest.approx(a, abs=1e-9))
+                                                     for p, a in want]
+    assert session.finish() == []  # checked once
+
+
+def test_end_rule_beside_token_rules():
+    engine = RuleEngine([
+        rule("mean-end", {"probe": "deception", "window": {"agg": "mean"}, "threshold": 0.5},
+             check="end"),
+        rule("token", {"probe": "deception", "threshold": 0.5}),
+    ], probes=Probes(), d_sae=8)
+    session = engine.new_session(ALL)
+    fv = torch.zeros(4, 0)
+    pv = torch.tensor([[0.9, 0.0], [0.1, 0.0], [0.8, 0.0], [0.7, 0.0]])
+    hits = session.step(fv, pv, [3, 4, 5, 6], [False] * 4)
+    assert [h.rule for h in hits] == ["token", "token"]  # the end rule waits for the end
+    (end,) = session.finish()
+    assert end.rule == "mean-end" and end.position == 6
+    assert end.score == pytest.approx(0.625)
+    assert "fired at the end of the request" in end.explanation
+    assert "probe deception mean over the request's tokens = 0.625 > 0.5" in end.explanation
+    assert "at position" not in end.explanation
+
+
+def test_end_rule_does_not_fire_below_threshold_or_without_tokens():
+    r = rule("end", {"feature": 1, "window": {"agg": "mean"}, "threshold": 1.0}, check="end",
+             scope="generation")
+    engine = RuleEngine([r], d_sae=8)
+    s, _ = run(engine, [[5.0]], prompt=[True])  # prompt only: nothing in scope
+    assert s.finish() == []
+    s, _ = run(engine, [[2.0], [0.0], [0.5]])  # mean 0.83 < 1
+    assert s.finish() == []

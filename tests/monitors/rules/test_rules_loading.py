@@ -169,3 +169,23 @@ def test_locate_gives_the_field_as_written_and_its_line(field, user, line):
     from latentguard.monitors.rules.loading import locate
 
     assert locate(VALID, field) == (user, line)
+
+
+def test_end_rules_are_checked_where_written():
+    end = {"name": "r", "check": "end",
+           "when": {"probe": "deception", "window": {"agg": "mean"}, "threshold": 0.5}}
+    assert validate_rule(end).check == "end"
+    with pytest.raises(RuleValidationError) as info:
+        validate_rule({**end, "action": {"type": "block"}})
+    assert info.value.field == "action" and "can only alert" in info.value.problem
+    with pytest.raises(RuleValidationError) as info:
+        validate_rule({**end, "when": {"any": [{"feature": 1, "threshold": 2}]}})
+    assert info.value.field == "when"
+    assert info.value.problem.startswith("when.any[0].signal.window: ")
+    with pytest.raises(RuleValidationError) as info:
+        validate_rule({**end, "when": {"feature": 1, "threshold": 2, "consecutive": 2,
+                                       "window": {"agg": "max"}}})
+    assert "consecutive" in info.value.problem
+    with pytest.raises(RuleValidationError) as info:
+        validate_rule({**end, "check": "later"})
+    assert info.value.field == "check"
