@@ -32,8 +32,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _signals(args: argparse.Namespace, texts: list[str], monitor: Any,
-             make: Callable[[Any, Any], Any]) -> list[Any]:
-    """Each text's rows (cached) turned into ``make(monitor, rows)``, with progress."""
+             make: Callable[[Any, Any, int], Any], prompts: list[str] | None = None
+             ) -> list[Any]:
+    """Each text's rows (cached; with ``prompts``, of the prompt and the text together) turned
+    into ``make(monitor, rows, number of prompt rows)``, with progress."""
     from latentguard.lab.activations import TextEncoder
     from latentguard.lab.discovery import progress_bar
     from latentguard.lab.evalcache import default_cache_dir, encode_cached
@@ -46,12 +48,14 @@ def _signals(args: argparse.Namespace, texts: list[str], monitor: Any,
     cache = None if args.no_cache else Path(args.cache) if args.cache else default_cache_dir()
     with progress_bar(not args.quiet) as bar:
         task = bar.add_task("model", total=len(texts))
-        rows = encode_cached(encoder, args.model, texts, cache,
+        prompts = prompts or [""] * len(texts)
+        full = [p + t for p, t in zip(prompts, texts, strict=True)]
+        rows = encode_cached(encoder, args.model, full, cache,
                              lambda n: bar.update(task, advance=n))
         task = bar.add_task("rules", total=len(texts))
         out = []
-        for r in rows:
-            out.append(make(monitor, r))
+        for r, prompt in zip(rows, prompts, strict=True):
+            out.append(make(monitor, r, len(encoder.token_ids(prompt)) if prompt else 0))
             bar.update(task, advance=1)
     return out
 
@@ -101,7 +105,8 @@ def run_eval(args: argparse.Namespace, out: Console) -> None:
     items = read_labelled(args.data)
     monitor = _monitor(args)
     signals = _signals(args, [i.text for i in items], monitor,
-                       lambda m, r: make(m, r, args.texts_as))
+                       lambda m, r, n_prompt: make(m, r, args.texts_as, n_prompt),
+                       [i.prompt for i in items])
     detectors = evaluate(monitor, items, signals, args.texts_as, bootstrap=args.bootstrap,
                          seed=args.seed)
     n_pos = sum(i.label for i in items)
@@ -135,7 +140,7 @@ def run_calibrate(args: argparse.Namespace, out: Console) -> None:
     texts = read_texts(args.benign, limit=args.limit)
     monitor = _monitor(args)
     signals = _signals(args, texts, monitor,
-                       lambda m, r: rule_signals(m.sae, m.engine, m.probes, r))
+                       lambda m, r, _: rule_signals(m.sae, m.engine, m.probes, r))
     pack, report = calibrate(monitor, signals, args.target_fpr, args.texts_as)
     pack = bind_pack(pack, monitor.sae.identity)  # its thresholds are this SAE's now
     header = (f"Thresholds of single-signal rules calibrated by `latentguard calibrate` to "
@@ -173,8 +178,9 @@ def _run(fn: Callable[[argparse.Namespace, Console], None]) -> Callable[[argpars
 
 def register(sub: Subparsers) -> None:
     p = sub.add_parser("eval", help="AUROC, recall and FPR of every rule and probe of a pack on "
-                       "labelled JSONL (text, label, group)")
-    p.add_argument("data", help="JSONL: {\"text\": ..., \"label\": 0|1, \"group\": ...}")
+                       "labelled JSONL (text, label, group, prompt)")
+    p.add_argument("data", help="JSONL: {\"text\": ..., \"label\": 0|1, \"group\": ..., "
+                   "\"prompt\": ...}; group and prompt are optional")
     p.add_argument("--out", default="eval.json", help="JSON report (default: eval.json)")
     p.add_argument("--png", help="ROC and histogram plot (default: the JSON's name, .png)")
     p.add_argument("--bootstrap", type=int, default=1000,

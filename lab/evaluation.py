@@ -57,6 +57,13 @@ class Item:
     text: str
     label: int
     group: str = ""
+    prompt: str = ""
+    """What came before ``text`` (a model's completion's prompt): read by the model with it,
+    its tokens fed as prompt tokens, so rules see them only in their prompt scope."""
+
+    @property
+    def full_text(self) -> str:
+        return self.prompt + self.text
 
 
 def text_hash(text: str) -> str:
@@ -64,8 +71,9 @@ def text_hash(text: str) -> str:
 
 
 def read_labelled(path: str | Path) -> list[Item]:
-    """Objects ``{"text": str, "label": 0|1, "group": str?}``, one per line; a bad line is an
-    error naming ``file:line`` (a silently dropped line would bias every number)."""
+    """Objects ``{"text": str, "label": 0|1, "group": str?, "prompt": str?}``, one per line; a
+    bad line is an error naming ``file:line`` (a silently dropped line would bias every
+    number)."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -88,7 +96,10 @@ def read_labelled(path: str | Path) -> list[Item]:
         group = obj.get("group", "")
         if not isinstance(group, str | int):
             raise EvaluationError(f"{where}: 'group' must be a string, got {group!r}")
-        items.append(Item(obj["text"], int(label), str(group)))
+        prompt = obj.get("prompt", "")
+        if not isinstance(prompt, str):
+            raise EvaluationError(f"{where}: 'prompt' must be a string, got {type(prompt).__name__}")
+        items.append(Item(obj["text"], int(label), str(group), prompt))
     if not items:
         raise EvaluationError(f"{path}: no labelled texts")
     return items
@@ -162,25 +173,34 @@ def in_scope(rule: Rule, role: Role) -> bool:
     return rule.scope == "both" or rule.scope == role
 
 
-def text_signals(monitor: Monitor, rows: Tensor, role: Role) -> TextSignals:
-    """Rule scores, fired rules and probe scores of one text's residual rows."""
+def text_signals(monitor: Monitor, rows: Tensor, role: Role, n_prompt: int = 0) -> TextSignals:
+    """Rule scores, fired rules and probe scores of one text's residual rows; with
+    ``n_prompt``, the first ``n_prompt`` rows are its prompt's (fed as prompt tokens, and
+    scored only by rules whose scope holds them) and the rest are fed as ``role``."""
     engine = monitor.engine
     features, probes = rule_signals(monitor.sae, engine, monitor.probes, rows)
     n = rows.shape[0]
+    if not 0 <= n_prompt < n:
+        raise EvaluationError(f"n_prompt: {n_prompt} prompt rows of a text of {n} rows leave "
+                              "no text (raise --max-tokens)")
+    is_prompt = [True] * n_prompt + [role == "prompt"] * (n - n_prompt)
     session = engine.new_session(EVAL_POLICY)
-    hits = session.step(features, probes, list(range(1, n + 1)), [role == "prompt"] * n)
+    hits = session.step(features, probes, list(range(1, n + 1)), is_prompt)
     hits += session.finish()
     scores = {}
     for name, compiled in engine.rules.items():
         if not in_scope(compiled.rule, role):
             continue
+        scope = compiled.rule.scope
+        seen = torch.tensor([scope == "both" or (scope == "prompt") == p for p in is_prompt])
         first = compiled.signals[0]
         sign = 1.0 if first.signal.op in (">", ">=") else -1.0
-        series = [sign * v for v in signal_series(first, features, probes)]
+        series = [sign * v for v in signal_series(
+            first, features[seen], probes[seen] if probes is not None else None)]
         scores[name] = series[-1] if compiled.rule.check == "end" else max(series)
     probe_max = {}
     if probes is not None:
-        top = probes.max(0).values.tolist()
+        top = probes[n_prompt:].max(0).values.tolist()
         probe_max = dict(zip(engine.probe_names, top, strict=True))
     return TextSignals(scores, {h.rule for h in hits}, probe_max)
 

@@ -109,6 +109,38 @@ def test_planted_signals_give_known_aurocs(planted: dict) -> None:
     assert got["rule", "compound"].evaluated
 
 
+def test_a_prompt_is_read_with_the_text_but_scored_only_in_prompt_scope(planted: dict) -> None:
+    """A completion's prompt: its rows come first, as prompt tokens. A generation rule scores
+    only the completion's tokens, so a signal planted in the prompt does not count for it."""
+    monitor = load_monitor(planted["sae"])
+    values = planted["values"]
+    hot = TEXTS[max(range(len(values)), key=values.__getitem__)]  # the feature's highest text
+    cold = TEXTS[min(range(len(values)), key=values.__getitem__)]
+    encoder = planted["encoder"]
+    (rows,) = encode_cached(encoder, planted["model"], [hot + cold], None)
+    n_prompt = len(encoder.token_ids(hot))
+    as_prompt = text_signals(monitor, rows, "generation", n_prompt)
+    whole = text_signals(monitor, rows, "generation")
+    # "later" (scope generation) sees the cold completion only; "planted" (both) sees all.
+    assert as_prompt.rule_scores["later"] < whole.rule_scores["later"]
+    assert as_prompt.rule_scores["planted"] == whole.rule_scores["planted"]
+    assert as_prompt.probe_scores["planted"] < whole.probe_scores["planted"]
+    with pytest.raises(EvaluationError, match="n_prompt"):
+        text_signals(monitor, rows, "generation", rows.shape[0])
+
+
+def test_jsonl_prompts_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"text": " return a + b", "label": 0, "prompt": "def add(a, b):\\n"}\n'
+                    '{"text": "x", "label": 1}\n')
+    first, second = read_labelled(path)
+    assert first.prompt == "def add(a, b):\n" and first.full_text == "def add(a, b):\n return a + b"
+    assert second.prompt == "" and second.full_text == "x"
+    path.write_text('{"text": "a", "label": 0, "prompt": 3}\n')
+    with pytest.raises(EvaluationError, match=r"data\.jsonl:1: 'prompt' must be a string"):
+        read_labelled(path)
+
+
 def test_bad_jsonl_names_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "data.jsonl"
     path.write_text('{"text": "a", "label": 0}\n\n{"text": "b", "label": 2}\n')
