@@ -98,7 +98,8 @@ def read_labelled(path: str | Path) -> list[Item]:
             raise EvaluationError(f"{where}: 'group' must be a string, got {group!r}")
         prompt = obj.get("prompt", "")
         if not isinstance(prompt, str):
-            raise EvaluationError(f"{where}: 'prompt' must be a string, got {type(prompt).__name__}")
+            raise EvaluationError(
+                f"{where}: 'prompt' must be a string, got {type(prompt).__name__}")
         items.append(Item(obj["text"], int(label), str(group), prompt))
     if not items:
         raise EvaluationError(f"{path}: no labelled texts")
