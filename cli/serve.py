@@ -27,6 +27,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "listen": args.listen, "data_dir": args.data_dir, "redis_url": args.redis_url,
         "sae_path": args.sae, "rules_file": args.rules,
     }.items() if v is not None}
+    ui = {k: v for k, v in {"enabled": True if args.ui else None, "host": args.ui_host,
+                            "port": args.ui_port}.items() if v is not None}
+    if ui:
+        overrides["ui"] = ui
     try:
         settings = load_settings(args.config, **overrides)
     except ConfigError as exc:
@@ -62,6 +66,12 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--redis-url")
     p.add_argument("--sae", help="SAE folder or file to load")
     p.add_argument("--rules", help="YAML rule pack to add at start")
+    p.add_argument("--ui", action="store_true", default=None,
+                   help="also serve the review console in a browser (needs tokens; "
+                   "LATENTGUARD_UI__ENABLED)")
+    p.add_argument("--ui-host", help="console address (default 127.0.0.1; LATENTGUARD_UI__HOST)")
+    p.add_argument("--ui-port", type=int, help="console port (default 8710; "
+                   "LATENTGUARD_UI__PORT)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(

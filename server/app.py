@@ -8,6 +8,7 @@ import os
 import signal
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -38,6 +39,9 @@ from latentguard.v1 import (
     traces_pb2,
     traces_pb2_grpc,
 )
+
+if TYPE_CHECKING:  # the console (Starlette, uvicorn) is imported only when it is served
+    from latentguard.server.console import ConsoleServer
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +80,8 @@ class Sidecar:
         self.server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.address = ""
+        self.console: ConsoleServer | None = None
+        """The review console, when `ui.enabled` (its address: `console.url`)."""
 
     async def start(self) -> Sidecar:
         s = self.settings
@@ -127,10 +133,24 @@ class Sidecar:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.server = server
         self._health = health_servicer
+        if s.ui.enabled:
+            await self._start_console()
         log.info("latentguard serving on %s (store: %s, SAE: %s, auth: %s)", self.address,
                  "embedded" if url is None else "external",
                  s.sae_path or "none", "on" if self.auth.enabled else "off")
         return self
+
+    async def _start_console(self) -> None:
+        from latentguard.server.console import ConsoleAuth, ConsoleDeps, ConsoleServer, create_app
+
+        assert self.store is not None and self.runtime is not None
+        runtime, s = self.runtime, self.settings
+        deps = ConsoleDeps(store=self.store,
+                           auth=ConsoleAuth(self.auth, s.ui.session_hours * 3600),
+                           catalog=lambda: runtime.catalog, settings=s.ui,
+                           secure_cookies=s.tls.enabled)
+        self.console = ConsoleServer(create_app(deps), s.ui, s.tls)
+        await self.console.start()
 
     def _bind(self, server: grpc.aio.Server) -> str:
         s = self.settings
@@ -157,6 +177,9 @@ class Sidecar:
         return f"{host}:{port}"
 
     async def stop(self, grace: float = 5.0) -> None:
+        if self.console is not None:
+            await self.console.stop()
+            self.console = None
         if self.server is not None:
             await self._health.enter_graceful_shutdown()
             await self.server.stop(grace)
@@ -195,6 +218,8 @@ async def serve(settings: Settings) -> None:
     pid_file = settings.data_dir / "latentguard.pid"
     pid_file.write_text(f"{os.getpid()}\n")
     print(f"latentguard {os.getpid()} serving on {sidecar.address}", flush=True)
+    if sidecar.console is not None:
+        print(f"review console on {sidecar.console.url}", flush=True)
     try:
         await stop.wait()
         log.info("stopping")

@@ -98,6 +98,25 @@ class AuthSettings(BaseModel):
         return self
 
 
+class UISettings(BaseModel):
+    """The review console (`latentguard serve --ui`): pages served by the sidecar over HTTP."""
+
+    enabled: bool = Field(default=False, description="serve the review console (`serve --ui`); "
+                          "it needs bearer tokens (`auth`)",
+                          json_schema_extra={"shown_default": "`false`"})
+    host: str = Field(default="127.0.0.1", min_length=1, description="address the console "
+                      "listens on")
+    port: int = Field(default=8710, ge=0, le=65535, description="its TCP port (0: any free "
+                      "port, logged)")
+    session_hours: float = Field(default=12.0, gt=0, le=24 * 30, description="how long a "
+                                 "browser login lasts")
+    stats_max_traces: int = Field(default=20_000, ge=100, description="most stored traces the "
+                                  "stats page reads (newest first)")
+    feature_scan_traces: int = Field(default=200, ge=1, le=5000, description="recent stored "
+                                     "traces the feature page reads for the tokens where a "
+                                     "feature fired most")
+
+
 class Settings(BaseSettings):
     """Everything the sidecar reads at start."""
 
@@ -166,6 +185,7 @@ class Settings(BaseSettings):
                           "Generate and Inspect call (the launcher sets it)")
     tls: TLSSettings = Field(default=TLSSettings(), description="TLS for TCP listeners")
     auth: AuthSettings = Field(default=AuthSettings(), description="bearer-token auth")
+    ui: UISettings = Field(default=UISettings(), description="the review console")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="`DEBUG`, `INFO`, `WARNING` or `ERROR`")
 
@@ -187,6 +207,16 @@ class Settings(BaseSettings):
     def _default_listen(self) -> Settings:
         if not self.listen:
             self.listen = socket_target(self.data_dir)
+        return self
+
+    @model_validator(mode="after")
+    def _ui_needs_tokens(self) -> Settings:
+        # A browser on this machine reaches a TCP port from any page it opens: without tokens
+        # every page (and every local user) could read traces and file reviews.
+        if self.ui.enabled and not self.auth.tokens:
+            raise ValueError("LATENTGUARD_UI__ENABLED (serve --ui): the review console needs "
+                             "bearer tokens (set "
+                             "LATENTGUARD_AUTH__TOKENS_FILE; README, section Review console)")
         return self
 
     @property

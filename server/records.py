@@ -60,6 +60,10 @@ class TokenRecord(BaseModel):
     text: str = ""
     prompt: bool = False
     top_features: list[FeatureValue] = []
+    signals: dict[str, float] = {}
+    """The token's own value of each signal the rules read (``feature 123``, ``probe
+    deception``; the names of hit evidence), before any window; what the review console
+    shades tokens by. Empty in traces stored before it was recorded."""
 
 
 class ReviewRecord(BaseModel):

@@ -34,6 +34,7 @@ from latentguard.server.records import AlertRecord, FeatureValue, TokenRecord, T
 from latentguard.server.runtime import MonitorRuntime
 from latentguard.server.step import RequestClose, RequestOpen, Span, Step
 from latentguard.server.tokens import TokenTexts
+from latentguard.server.trace_signals import rule_signal_values
 from latentguard.server.writer import TraceWriter
 from latentguard.wire import Verdict
 
@@ -169,6 +170,7 @@ class StreamSession:
         watched_cols = {f: rule_idx.numel() + i for i, f in enumerate(watched)}
         probe_values = probe_scores(engine, probes, rows, selected) if engine is not None else None
         top_vals, top_idx = enc.topk_values.tolist(), enc.topk_indices.tolist()
+        signal_names, signal_values = rule_signal_values(engine, selected, probe_values)
         cap = self.runtime.settings.max_tokens_per_request
         results = []
         for span in monitored:
@@ -183,7 +185,8 @@ class StreamSession:
                 TokenRecord(position=pos, token_id=tok, prompt=span.prefill,
                             text=text(tok) if text is not None else "",
                             top_features=[FeatureValue(feature=f, value=v) for f, v in
-                                          zip(top_idx[r], top_vals[r], strict=True) if v > 0])
+                                          zip(top_idx[r], top_vals[r], strict=True) if v > 0],
+                            signals=dict(zip(signal_names, signal_values[r], strict=True)))
                 for r, pos, tok in zip(range(lo, lo + n), span.positions[:n],
                                        span.token_ids[:n], strict=True)]
             series = {f: enc.selected[lo:hi, watched_cols[f]].tolist()
