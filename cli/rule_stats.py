@@ -25,6 +25,7 @@ from latentguard.server.records import ReviewRecord
 from latentguard.server.rule_stats import (
     StatsReport,
     TraceOutcome,
+    duration_text,
     latest_label,
     parse_duration,
     percent,
@@ -78,7 +79,8 @@ def _spark(report: StatsReport, rule_index: int) -> str:
 
 def stats_table(report: StatsReport) -> Table:
     table = Table(title=f"rules over {report.traces} stored traces, {report.start:%Y-%m-%d %H:%M}"
-                  f" to {report.end:%Y-%m-%d %H:%M} UTC (hit rate per {report.bucket})")
+                  f" to {report.end:%Y-%m-%d %H:%M} UTC (hit rate per "
+                  f"{duration_text(report.bucket)})")
     for col in ("rule", "flagged traces", "hits", "true pos.", "false pos.", "escalated",
                 "not reviewed", "precision [95% CI] of decided", "hit rate", "over time"):
         table.add_column(col)

@@ -26,6 +26,7 @@ __all__ = [
     "StatsReport",
     "TraceOutcome",
     "choose_bucket",
+    "duration_text",
     "latest_label",
     "outcome_of",
     "parse_duration",
@@ -158,6 +159,15 @@ def parse_duration(value: str) -> timedelta:
         raise ValueError(f"{value!r} is not a duration like 30m, 2h or 7d")
     unit = {"m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
     return timedelta(**{unit: int(m.group(1))})
+
+
+def duration_text(width: timedelta) -> str:
+    """``5m``, ``1h``, ``1d``: a bucket width as `parse_duration` reads it."""
+    seconds = int(width.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def choose_bucket(start: datetime, end: datetime) -> timedelta:

@@ -46,7 +46,7 @@ from latentguard.server.console._forms import (
 from latentguard.server.console._trace_view import build_view
 from latentguard.server.errors import NotFound
 from latentguard.server.records import AlertRecord, ReviewRecord, utcnow
-from latentguard.server.rule_stats import percent, rule_stats
+from latentguard.server.rule_stats import duration_text, percent, rule_stats
 from latentguard.server.store import Store
 
 __all__ = ["ConsoleDeps", "create_app"]
@@ -100,6 +100,8 @@ def create_app(deps: ConsoleDeps) -> Starlette:
     env = templates.env
     env.filters["time"] = _fmt_time
     env.filters["pct"] = percent
+    env.filters["duration"] = duration_text
+    env.filters["oneline"] = lambda text: str(text).replace("\n", "↵")
     env.globals["severity_rank"] = severity_rank
     live = {"open": 0}
 

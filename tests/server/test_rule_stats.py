@@ -11,6 +11,7 @@ from latentguard.server.records import ReviewRecord, TraceRecord
 from latentguard.server.rule_stats import (
     TraceOutcome,
     choose_bucket,
+    duration_text,
     latest_label,
     outcome_of,
     parse_duration,
@@ -98,6 +99,8 @@ def test_choices_and_refusals() -> None:
     assert choose_bucket(T0, T0 + timedelta(days=7)) == timedelta(hours=6)
     assert choose_bucket(T0, T0 + timedelta(days=30)) == timedelta(days=1)
     assert parse_duration("90m") == timedelta(minutes=90)
+    widths = (timedelta(minutes=5), timedelta(hours=6), timedelta(days=7), timedelta(seconds=90))
+    assert [duration_text(w) for w in widths] == ["5m", "6h", "7d", "90s"]
     with pytest.raises(ValueError, match="duration"):
         parse_duration("soon")
     with pytest.raises(ValueError, match="time zone"):
