@@ -39,6 +39,10 @@ FLUSH_S = 0.2
 #: The store is away (a cluster node too), or refuses writes for now (out of memory, read-only
 #: replica, a slot moving): retry.
 RETRYABLE: tuple[type[Exception], ...] = (*STORE_UNAVAILABLE, ResponseError)
+SAVE_BATCH = 64
+"""Traces of a segment written to the store in one pipeline."""
+BAD_SEGMENT_TRIES = 3
+"""Tries of a segment failing with anything else before it is set aside."""
 
 
 class TraceWriter:
@@ -60,6 +64,8 @@ class TraceWriter:
         self._unstored: dict[str, asyncio.Event] = {}
         """Traces saved and not yet in the store, each with an event set once it is."""
         self._lock = asyncio.Lock()  # one batch -> segment at a time
+        self._bad_tries: dict[str, int] = {}
+        """Segments that failed with an error other than the store being away: tries so far."""
 
     def start(self) -> TraceWriter:
         self.spool.prepare()
@@ -188,10 +194,13 @@ class TraceWriter:
         """Writes one segment to the store and removes it; False when the store failed."""
         records = await asyncio.to_thread(self.spool.read, path)
         try:
+            # Traces in pipelines of SAVE_BATCH (on a cluster, each goes to every node at
+            # once), then the alerts, whose traces are then readable.
+            traces = [r.record for r in records if isinstance(r.record, TraceRecord)]
+            for start in range(0, len(traces), SAVE_BATCH):
+                await self.store.traces.save_many(traces[start:start + SAVE_BATCH])
             for r in records:
-                if isinstance(r.record, TraceRecord):
-                    await self.store.traces.save(r.record)
-                else:
+                if isinstance(r.record, AlertRecord):
                     await self.store.alerts.publish(r.record)
         except RETRYABLE as exc:
             if not self.store_down:
@@ -200,8 +209,16 @@ class TraceWriter:
             await self._set_down(True)
             return False
         except Exception:
-            # Not the store being away: retrying would fail for ever and hold up every later
-            # segment. Kept aside for a person to look at.
+            # Not the store being away. Tried again a few times (a client can fail once on
+            # its own, e.g. a cluster client re-reading the slot map under load); then kept
+            # aside for a person to look at, as retrying for ever would hold up every later
+            # segment.
+            tries = self._bad_tries[path.name] = self._bad_tries.get(path.name, 0) + 1
+            if tries < BAD_SEGMENT_TRIES:
+                log.exception("cannot store spool segment %s (try %d of %d)", path.name,
+                              tries, BAD_SEGMENT_TRIES)
+                return False
+            self._bad_tries.pop(path.name, None)
             log.exception("cannot store spool segment %s; kept as %s", path.name,
                           self.spool.set_aside(path))
         await asyncio.to_thread(self.spool.remove, path)

@@ -68,6 +68,11 @@ class Store:
             url = embedded.url
         client = connect(url)
         try:
+            if isinstance(client, RedisCluster):
+                # The slot map before any concurrent use: commands sent meanwhile would go to
+                # a default node, and the MOVED replies make the client re-read the map while
+                # other commands use its connections.
+                await client.initialize()
             await client.ping()
             await ensure_layout(client, Keys(kwargs.get("prefix", "lg")))
         except Exception:

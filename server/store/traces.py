@@ -13,7 +13,7 @@ from __future__ import annotations
 import builtins
 import json
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from functools import partial
 
@@ -52,35 +52,41 @@ class TraceStore:
         return "(" + _id_bound(datetime.now().astimezone() - self.retention)
 
     async def save(self, trace: TraceRecord) -> None:
-        """Stores a finished (or cut-off) trace and indexes it; idempotent for the same id.
+        """Stores a finished (or cut-off) trace and indexes it; idempotent for the same id."""
+        await self.save_many([trace])
 
-        One pipeline: the trace's hash (its slot), then its index entries and the trim of
-        those indexes (its shard's slot). A reader may see the entry a moment before the
-        hash, which it skips like an expired one."""
-        key = self._keys.trace(trace.id)
+    async def save_many(self, traces: Sequence[TraceRecord]) -> None:
+        """Stores traces and indexes them, in one pipeline (idempotent, like `save`).
+
+        Per trace: its hash (its slot), then its index entries and the trim of those indexes
+        (its shard's slot); no command spans slots, and on a cluster the pipeline goes to
+        each node at once. A reader may see an entry a moment before its hash, which it skips
+        like an expired one."""
         ttl = max(1, int(self.retention.total_seconds()))
-        detail = json.dumps([t.model_dump(mode="json") for t in trace.tokens]).encode()
-        status = "flagged" if trace.hits else "clean"
-        summary = trace.summary().model_copy(update={"reviews": [], "status": status})
-        shard = shard_of(trace.id)
-        k = self._keys
-        touched = [k.traces_all(shard), k.traces_by_status(shard, status)]
-        touched += [k.traces_by_rule(shard, rule) for rule in trace.rules_hit]
         cutoff = self._cutoff()
+        k = self._keys
         async with self._r.pipeline(transaction=False) as pipe:
-            pipe.hset(key, mapping={
-                "summary": summary.model_dump_json(), "detail": zlib.compress(detail, 6),
-            })
-            pipe.hsetnx(key, "status", status)  # a review may have landed already
-            pipe.expire(key, ttl)
-            for index in touched:
-                pipe.zadd(index, {trace.id: 0})
-                pipe.zremrangebylex(index, "-", cutoff)
-            if trace.rules_hit:
-                pipe.sadd(k.trace_rules(shard), *trace.rules_hit)
+            for trace in traces:
+                key = k.trace(trace.id)
+                detail = json.dumps([t.model_dump(mode="json") for t in trace.tokens]).encode()
+                status = "flagged" if trace.hits else "clean"
+                summary = trace.summary().model_copy(update={"reviews": [], "status": status})
+                shard = shard_of(trace.id)
+                pipe.hset(key, mapping={
+                    "summary": summary.model_dump_json(), "detail": zlib.compress(detail, 6),
+                })
+                pipe.hsetnx(key, "status", status)  # a review may have landed already
+                pipe.expire(key, ttl)
+                touched = [k.traces_all(shard), k.traces_by_status(shard, status)]
+                touched += [k.traces_by_rule(shard, rule) for rule in trace.rules_hit]
+                for index in touched:
+                    pipe.zadd(index, {trace.id: 0})
+                    pipe.zremrangebylex(index, "-", cutoff)
+                if trace.rules_hit:
+                    pipe.sadd(k.trace_rules(shard), *trace.rules_hit)
             await pipe.execute()
-        self._saves += 1
-        if self._saves % TRIM_EVERY == 0:
+        before, self._saves = self._saves, self._saves + len(traces)
+        if self._saves // TRIM_EVERY != before // TRIM_EVERY:
             await self.trim()
 
     async def trim(self) -> int:

@@ -320,3 +320,29 @@ async def test_stored_says_when_a_trace_can_be_read(
     late = trace("late")
     writer.save(late)
     assert not await writer.stored(late.id, 0.5)
+
+
+async def test_a_segment_failing_once_otherwise_is_tried_again_not_set_aside(
+    store: Store, data_dir: Path, writers: list[TraceWriter],
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error that is not the store being away (a client failing once on its own) costs a
+    retry; only a segment failing BAD_SEGMENT_TRIES times is set aside."""
+    real = store.traces.save_many
+    failures = []
+
+    async def flaky(traces: Any) -> None:
+        if not failures:
+            failures.append(1)
+            raise AttributeError("'NoneType' object has no attribute 'writelines'")
+        await real(traces)
+
+    monkeypatch.setattr(store.traces, "save_many", flaky)
+    writer = start(writers, store, data_dir)
+    batch = [trace(f"r{i}") for i in range(100)]  # more than one pipeline (SAVE_BATCH)
+    for t in batch:
+        writer.save(t)
+    await asyncio.wait_for(writer.flush(), WAIT_S)
+    await eventually(lambda: stored(store, batch[-1].id), "the segment was stored")
+    assert failures and all([await stored(store, t.id) for t in batch])
+    assert not list(writer.spool.dir.glob("failed-*"))
