@@ -15,12 +15,27 @@ from latentguard.cli.main import main as cli
 def serve(data: Path, sae: Path, **env: str) -> subprocess.Popen[bytes]:
     """Starts a sidecar on `<data>/latentguard.sock` and waits until it serves. Without
     LATENTGUARD_REDIS_URL in `env` it uses the embedded store."""
+    return wait_serving(spawn(data, sae, **env), data)
+
+
+def spawn(data: Path, sae: Path, log: Path | None = None,
+          **env: str) -> subprocess.Popen[bytes]:
+    """Starts a sidecar without waiting (several start at once; `wait_serving` each); its
+    output goes to `log` when given (a long run's logs would fill a pipe no one reads)."""
     full = {**os.environ, "LATENTGUARD_DATA_DIR": str(data), "LATENTGUARD_SAE_PATH": str(sae)}
     full.pop("LATENTGUARD_REDIS_URL", None)
     full.update(env)
-    proc = subprocess.Popen([sys.executable, "-m", "latentguard.cli.main", "serve"],
-                            env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
+    if log is None:
+        return subprocess.Popen([sys.executable, "-m", "latentguard.cli.main", "serve"],
+                                env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "latentguard.cli.main", "serve"],
+                                env=full, stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_serving(proc: subprocess.Popen[bytes], data: Path,
+                 timeout: float = 60) -> subprocess.Popen[bytes]:
+    deadline = time.monotonic() + timeout
     while cli(["health", "--target", target(data), "--timeout", "1"]) != 0:
         assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
         assert time.monotonic() < deadline, "sidecar did not start"
