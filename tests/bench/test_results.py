@@ -12,6 +12,7 @@ from bench import deception_eval as de
 from bench import deception_loso as dl
 from bench import serve_bench as sb
 from bench import steering_eval as se
+from bench import store_cluster as sc
 from bench import unsafe_code_eval as uce
 from bench.common import read_results, write_results
 
@@ -25,6 +26,7 @@ RESULTS = Path(__file__).parents[2] / "bench" / "results"
     ("steering-gemma-3-270m-l9/metrics.json", se.SteeringResults),
     ("serve-cpu.json", sb.ServeResults),
     ("serve-cpu-compiled.json", sb.ServeResults),
+    ("store-cluster.json", sc.Results),
 ])
 def test_committed_results_read_back_and_write_the_same_bytes(name: str, cls: type,
                                                               tmp_path: Path) -> None:
