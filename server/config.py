@@ -132,9 +132,10 @@ class Settings(BaseSettings):
                            json_schema_extra={"shown_default": "`$XDG_DATA_HOME/latentguard`"})
     listen: str = Field(default="", description="`unix:///path.sock` or `host:port` for TCP",
                         json_schema_extra={"shown_default": "`unix://<data_dir>/latentguard.sock`"})
-    redis_url: SecretStr | None = Field(default=None, description="`redis://`, `rediss://` or "
-                                        "`unix://` URL of a shared Redis / Valkey; unset starts "
-                                        "a private one (embedded)")
+    redis_url: SecretStr | None = Field(
+        default=None, description="`redis://`, `rediss://` or `unix://` URL of a shared Redis / "
+        "Valkey, or `redis+cluster://host:port,host:port` (`rediss+cluster://` for TLS) of a "
+        "Redis Cluster's seed nodes; unset starts a private one (embedded)")
     redis_prefix: str = Field(default="lg", pattern=r"^[A-Za-z0-9_.:-]{1,32}$",
                               description="prefix of every Redis key, so several deployments "
                               "can share one Redis")
