@@ -1,11 +1,12 @@
-"""Compile rules once per rule set; open one :class:`RuleSession` per request.
+"""Compile rules once per rule set; evaluate them for every request of a step in one
+:class:`RuleBatch` (the sidecar), or one request at a time in a :class:`RuleSession`.
 
 The engine checks every feature index against the SAE width and every probe name against the
 loaded probes, and collects the feature columns the rules read (``signal_features``): the caller
 encodes with ``SAE.encode_for_monitor(x, engine.signal_features, k)`` and passes the
-``selected`` columns to ``RuleSession.step``. The features that features probes weigh are among
-those columns too (``probe_feature_columns`` picks them out for ``ProbeSet.score``), so one
-encode serves rules and probes.
+``selected`` columns to ``RuleBatch.step`` (or ``RuleSession.step``). The features that
+features probes weigh are among those columns too (``probe_feature_columns`` picks them out
+for ``ProbeSet.score``), so one encode serves rules and probes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from torch import Tensor
 
 from latentguard.monitors.errors import RuleValidationError, UnknownFeatureError
+from latentguard.monitors.rules.batch import RuleBatch
 from latentguard.monitors.rules.schema import Condition, Policy, Rule, Signal
 from latentguard.monitors.rules.session import RuleSession
 
@@ -135,6 +137,11 @@ class RuleEngine:
         """Per-request evaluation state for the rules ``policy`` selects."""
         n_features, n_probes = len(self._feature_cols), len(self.probe_names)
         return RuleSession(self.rules_for(policy), n_features=n_features, n_probes=n_probes)
+
+    def new_batch(self) -> RuleBatch:
+        """Evaluation state for many requests, advanced one step at a time: open each request
+        with ``batch.open(key, engine.rules_for(policy))``."""
+        return RuleBatch(len(self._feature_cols), len(self.probe_names))
 
 
 def _check_rule(rule: Rule, d_sae: int | None, probe_cols: dict[str, int]) -> None:
