@@ -90,7 +90,7 @@ class FailedPrecondition(ServerError):
 #: the writer keeps records in its spool and retries; an RPC answers UNAVAILABLE.
 STORE_UNAVAILABLE: tuple[type[Exception], ...] = (
     redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.ClusterError,
-    redis_errors.TryAgainError, redis_errors.RedisClusterException, ConnectionError, OSError,
+    redis_errors.TryAgainError, redis_errors.SlotNotCoveredError,
 )
 
 

@@ -38,7 +38,8 @@ FLUSH_S = 0.2
 """Longest a record waits in memory before it is fsynced to the spool."""
 #: The store is away (a cluster node too), or refuses writes for now (out of memory, read-only
 #: replica, a slot moving): retry.
-RETRYABLE: tuple[type[Exception], ...] = (*STORE_UNAVAILABLE, ResponseError)
+RETRYABLE: tuple[type[Exception], ...] = (*STORE_UNAVAILABLE, ConnectionError, OSError,
+                                          ResponseError)
 SAVE_BATCH = 64
 """Traces of a segment written to the store in one pipeline."""
 BAD_SEGMENT_TRIES = 3

@@ -34,6 +34,8 @@ __all__ = ["AlertStream", "Store", "StoreLayoutError", "TraceStore", "VersionedS
 log = logging.getLogger(__name__)
 
 ChangeCallback = Callable[[dict[str, Any]], Awaitable[None]]
+_INTERRUPTED: tuple[type[Exception], ...] = (*STORE_UNAVAILABLE, ConnectionError, OSError)
+"""What ends a change-notice read without ending the watch."""
 
 
 class Store:
@@ -112,7 +114,7 @@ class Store:
                     if current != seen:
                         seen = current
                         await callback({"kind": "poll", "revision": current})
-                except STORE_UNAVAILABLE as exc:
+                except _INTERRUPTED as exc:
                     log.warning("change notices interrupted (%s); retrying", exc)
                     if self.cluster and pubsub is not None:
                         await _close(pubsub)

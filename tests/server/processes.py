@@ -33,11 +33,15 @@ def spawn(data: Path, sae: Path, log: Path | None = None,
                                 env=full, stdout=out, stderr=subprocess.STDOUT)
 
 
-def wait_serving(proc: subprocess.Popen[bytes], data: Path,
-                 timeout: float = 60) -> subprocess.Popen[bytes]:
+def wait_serving(proc: subprocess.Popen[bytes], data: Path, timeout: float = 60,
+                 log: Path | None = None) -> subprocess.Popen[bytes]:
     deadline = time.monotonic() + timeout
     while cli(["health", "--target", target(data), "--timeout", "1"]) != 0:
-        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        if proc.poll() is not None:
+            out = proc.stdout.read().decode() if proc.stdout else ""
+            if log is not None:
+                out += log.read_text(errors="replace")
+            raise AssertionError(f"sidecar exited with {proc.returncode}: {out[-4000:]}")
         assert time.monotonic() < deadline, "sidecar did not start"
         time.sleep(0.2)
     return proc

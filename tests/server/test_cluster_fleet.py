@@ -52,8 +52,8 @@ def fleet(tmp_path: Path, cluster: LocalCluster) -> Iterator[list[Path]]:
             data.mkdir()
             procs.append(spawn(data, sae, log=tmp_path / f"sidecar{i}.log",
                                LATENTGUARD_REDIS_URL=cluster.node_url(i)))
-        for proc, data in zip(procs, datas, strict=True):
-            wait_serving(proc, data, timeout=120)
+        for i, (proc, data) in enumerate(zip(procs, datas, strict=True)):
+            wait_serving(proc, data, timeout=120, log=tmp_path / f"sidecar{i}.log")
         yield datas
     finally:
         for i, proc in enumerate(procs):
