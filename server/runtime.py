@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from latentguard.monitors.catalog import FeatureCatalog
 from latentguard.monitors.errors import MonitorError, SAEFormatError
 from latentguard.monitors.probes import ProbeSet
-from latentguard.monitors.rules import Policy, Rule, RuleEngine, binding_problem
+from latentguard.monitors.rules import Policy, Rule, RuleCheck, RuleEngine, binding_problem
 from latentguard.monitors.rules.signals import rule_signals
 from latentguard.monitors.sae import SAE, SAEIdentity, load_sae
 from latentguard.server.config import Settings
+from latentguard.server.errors import NotFound
 from latentguard.server.store import Store
 from latentguard.server.telemetry import Telemetry
 
@@ -119,13 +122,19 @@ class MonitorRuntime:
 
     def check_rule(self, rule: Rule) -> None:
         """Refuses a rule whose features or probes the loaded SAE does not have."""
-        if self.sae is not None:
-            # Compiled as enabled, so a disabled rule is checked too before it is stored.
-            enabled = rule.model_copy(update={"enabled": True})
-            RuleEngine([enabled], probes=self.probes, d_sae=self.sae.d_sae)
+        check = self.rule_checker()
+        if check is not None:
+            check(rule)
 
-    def rule_checker(self) -> Callable[[Rule], None] | None:
-        return self.check_rule if self.sae is not None else None
+    def rule_checker(self) -> RuleCheck | None:
+        """The loaded SAE's and probes' check of a rule, as plain data (it also runs in the
+        pack-checking worker process); None without an SAE."""
+        if self.sae is None:
+            return None
+        probes = self.probes
+        return RuleCheck(
+            self.sae.d_sae, tuple(probes.names) if probes is not None else (),
+            tuple(int(f) for f in probes.feature_support) if probes is not None else ())
 
     def inactive_reason(self, rule: Rule) -> str | None:
         """Why this sidecar does not apply a stored rule, whether enabled or not (written for
@@ -147,35 +156,105 @@ class MonitorRuntime:
 
     async def on_change(self, notice: Mapping[str, object]) -> None:
         log.debug("change notice %s", notice)
-        await self.reload()
+        if not await self._apply_notice(notice):
+            await self.reload()
+
+    async def _apply_notice(self, notice: Mapping[str, object]) -> bool:
+        """Applies the one rule or policy a notice names, when it is the change right after
+        the revision this runtime holds: only that object is read again, and the engine is
+        recompiled in a thread (reading thousands of stored rules on the event loop would
+        hold up every Monitor step meanwhile). False when a full reload is needed instead
+        (a poll, a missed notice)."""
+        kind, name, revision = notice.get("kind"), notice.get("name"), notice.get("revision")
+        if kind not in ("rule", "policy") or not isinstance(name, str) \
+                or not isinstance(revision, int):
+            return False
+        async with self._lock:
+            if revision != self.revision + 1:
+                return revision <= self.revision  # already read by a reload: nothing to do
+            store = self.store.rules if kind == "rule" else self.store.policies
+            spec: dict[str, Any] | None = None
+            if not notice.get("deleted"):
+                try:
+                    spec = (await store.get(name)).spec
+                except NotFound:  # deleted since: a later notice says so too
+                    spec = None
+            if kind == "rule":
+                self.rules, self.inactive, self.engine = await asyncio.to_thread(
+                    self._with_rule, name, spec)
+            else:
+                policies = dict(self.policies)
+                policies.pop(name, None)
+                if spec is not None:
+                    policies[name] = Policy.model_validate(spec)
+                self.policies = policies
+            self.revision = revision
+            log.info("rules at revision %d: %s %s %s; %d rules applied, %d not, %d policies",
+                     revision, kind, name, "deleted" if spec is None else "stored",
+                     len(self.rules), len(self.inactive), len(self.policies))
+        return True
+
+    def _with_rule(self, name: str, spec: dict[str, Any] | None
+                   ) -> tuple[dict[str, Rule], dict[str, str], RuleEngine | None]:
+        """The applied and inactive rules with ``name`` replaced by ``spec`` (None: removed),
+        and the engine of the enabled ones."""
+        rules, inactive = dict(self.rules), dict(self.inactive)
+        rules.pop(name, None)
+        inactive.pop(name, None)
+        if spec is not None:
+            rule = Rule.model_validate(spec)
+            reason = self.inactive_reason(rule)
+            if reason is None:
+                rules[name] = rule
+            else:
+                inactive[name] = reason
+                log.warning("rule %s is not applied: %s", name, reason)
+        return rules, inactive, self._engine(rules)
+
+    def _engine(self, rules: Mapping[str, Rule]) -> RuleEngine | None:
+        if self.sae is None:
+            return None
+        return RuleEngine([r for r in rules.values() if r.enabled], probes=self.probes,
+                          d_sae=self.sae.d_sae)
 
     async def reload(self) -> None:
-        """Reads every rule and policy and recompiles the engine (one at a time)."""
+        """Reads every rule and policy and recompiles the engine (one at a time). The
+        compile runs in a thread: for thousands of rules it takes a while, and on the event
+        loop it would hold up every Monitor step meanwhile."""
         async with self._lock:
+            t0 = time.perf_counter()
             revision = await self.store.revision()
-            rules: dict[str, Rule] = {}
-            inactive: dict[str, str] = {}
-            for v in await self.store.rules.list():
-                rule = Rule.model_validate(v.spec)
-                reason = self.inactive_reason(rule)
-                if reason is None:
-                    rules[rule.name] = rule
-                    continue
-                inactive[rule.name] = reason
-                if self.inactive.get(rule.name) != reason:  # said once, not at every reload
-                    log.warning("rule %s is not applied: %s", rule.name, reason)
-            policies = {v.name: Policy.model_validate(v.spec)
-                        for v in await self.store.policies.list()}
-            engine = None
-            if self.sae is not None:
-                enabled = [r for r in rules.values() if r.enabled]
-                engine = RuleEngine(enabled, probes=self.probes, d_sae=self.sae.d_sae)
+            rule_specs = [v.spec for v in await self.store.rules.list()]
+            policy_specs = [v.spec for v in await self.store.policies.list()]
+            t1 = time.perf_counter()
+            rules, inactive, policies, engine = await asyncio.to_thread(
+                self._compile, rule_specs, policy_specs)
             self.rules, self.policies, self.engine = rules, policies, engine
             self.inactive = inactive
             self.revision = revision
-            log.info("rules at revision %d: %d rules applied, %d not (%s), %d policies",
-                     revision, len(rules), len(inactive), ", ".join(sorted(inactive)) or "none",
-                     len(policies))
+            log.info("rules at revision %d: %d rules applied, %d not (%s), %d policies (read "
+                     "in %.0f ms, compiled in %.0f ms)", revision, len(rules), len(inactive),
+                     ", ".join(sorted(inactive)) or "none", len(policies), (t1 - t0) * 1e3,
+                     (time.perf_counter() - t1) * 1e3)
+
+    def _compile(self, rule_specs: list[dict[str, Any]], policy_specs: list[dict[str, Any]]
+                 ) -> tuple[dict[str, Rule], dict[str, str], dict[str, Policy],
+                            RuleEngine | None]:
+        """The stored specs as models, which rules this sidecar applies (and why not the
+        others), and the engine of the enabled ones."""
+        rules: dict[str, Rule] = {}
+        inactive: dict[str, str] = {}
+        for spec in rule_specs:
+            rule = Rule.model_validate(spec)
+            reason = self.inactive_reason(rule)
+            if reason is None:
+                rules[rule.name] = rule
+                continue
+            inactive[rule.name] = reason
+            if self.inactive.get(rule.name) != reason:  # said once, not at every reload
+                log.warning("rule %s is not applied: %s", rule.name, reason)
+        policies = {p.name: p for p in (Policy.model_validate(spec) for spec in policy_specs)}
+        return rules, inactive, policies, self._engine(rules)
 
     def all_policies(self) -> list[Policy]:
         """Every policy, with the built-in default when none has the default's name."""

@@ -1,7 +1,7 @@
 """Rules, policies and rule packs: the YAML schema and its loader."""
 
 from latentguard.monitors.rules.binding import bind_pack, binding_problem, check_binding
-from latentguard.monitors.rules.engine import RuleEngine
+from latentguard.monitors.rules.engine import RuleCheck, RuleEngine
 from latentguard.monitors.rules.hits import Evidence, RuleHit
 from latentguard.monitors.rules.loading import (
     dump_rule_pack,
@@ -36,6 +36,7 @@ __all__ = [
     "Evidence",
     "Policy",
     "Rule",
+    "RuleCheck",
     "RuleEngine",
     "RuleHit",
     "RulePack",

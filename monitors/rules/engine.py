@@ -25,7 +25,7 @@ from latentguard.monitors.rules.batch import RuleBatch
 from latentguard.monitors.rules.schema import Condition, Policy, Rule, Signal
 from latentguard.monitors.rules.session import RuleSession
 
-__all__ = ["CompiledRule", "CompiledSignal", "ProbeNames", "RuleEngine"]
+__all__ = ["CompiledRule", "CompiledSignal", "ProbeNames", "RuleCheck", "RuleEngine"]
 
 logger = logging.getLogger(__name__)
 
@@ -160,3 +160,24 @@ def _check_rule(rule: Rule, d_sae: int | None, probe_cols: dict[str, int]) -> No
             raise UnknownFeatureError(
                 f"steer feature {f.feature} out of range (the SAE has {d_sae})",
                 field=f"action.steer.features[{i}].feature", rule=rule.name)
+
+
+@dataclass(frozen=True)
+class RuleCheck:
+    """Checks one rule against an SAE's width and the loaded probes, from plain data: picklable,
+    so that a big pack is checked in a worker process, off the sidecar's GIL. Raises what
+    :class:`RuleEngine` raises (``UnknownFeatureError`` with the rule's field)."""
+
+    d_sae: int
+    probe_names: tuple[str, ...] = ()
+    feature_support: tuple[int, ...] = ()
+    """Features the probes read (features probes), as ``ProbeSet.feature_support``."""
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.probe_names)
+
+    def __call__(self, rule: Rule) -> None:
+        # Compiled as enabled, so that a disabled rule is checked too before it is stored.
+        enabled = rule.model_copy(update={"enabled": True})
+        RuleEngine([enabled], probes=self, d_sae=self.d_sae)

@@ -21,6 +21,7 @@ from latentguard.monitors.errors import (
 from latentguard.monitors.rules import (
     Policy,
     Rule,
+    RuleCheck,
     check_binding,
     load_rule_pack,
     validate_policy,
@@ -41,6 +42,7 @@ from latentguard.server.store import Store
 from latentguard.v1 import rules_pb2, rules_pb2_grpc
 
 #: Extra checks against the loaded SAE and probes (feature range, probe names); may raise.
+#: The runtime's is a `RuleCheck` (plain data), which a big pack's worker process runs too.
 RuleChecker = Callable[[Rule], None]
 
 
@@ -68,9 +70,9 @@ class _NoSAE:
 MAX_NAME = 128
 MAX_DESCRIPTION = 4096
 IN_PROCESS_YAML = 64 * 1024
-"""Packs up to this many characters are parsed in a thread; larger ones in a worker process,
-since parsing holds the GIL: a 1 MiB pack parsed in a thread delays every Monitor step by
-hundreds of milliseconds."""
+"""Packs up to this many characters are parsed in a thread; larger ones are parsed and checked
+(and their answer built) in a worker process, since all of that holds the GIL: a 1 MiB pack
+handled in a thread delays every Monitor step by hundreds of milliseconds."""
 
 _pool: ProcessPoolExecutor | None = None
 
@@ -85,41 +87,93 @@ def _parser_pool() -> ProcessPoolExecutor:
     return _pool
 
 
-Specs = tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any] | None]
 Parsed = tuple[list[Rule], list[Policy], SAEIdentity | None]
 """A pack's rules, policies and pack-level SAE."""
 
 
-def _pack_specs(text: str, source: str) -> Specs:
-    """The worker process's part: the pack parsed and validated, as plain data (unpickling
-    thousands of pydantic models is one long call that holds the GIL; plain dicts are not)."""
-    pack = load_rule_pack(text, source)
-    return ([r.model_dump(mode="json") for r in pack.rules],
-            [p.model_dump(mode="json") for p in pack.policies],
-            pack.sae.model_dump() if pack.sae is not None else None)
-
-
-def _from_specs(specs: Specs) -> Parsed:
-    """Models again, one small call each (already validated as a pack in the worker)."""
-    rules, policies, sae = specs
-    return ([Rule.model_validate(r) for r in rules],
-            [Policy.model_validate(p) for p in policies],
-            SAEIdentity.model_validate(sae) if sae is not None else None)
-
-
 async def parse_pack(text: str, source: str) -> Parsed:
-    """`load_rule_pack` off the event loop, and for large packs off this process's GIL."""
-    if len(text) <= IN_PROCESS_YAML or len(text) > MAX_YAML_BYTES:  # small, or refused at once
-        pack = await asyncio.to_thread(load_rule_pack, text, source)
-        return pack.rules, pack.policies, pack.sae
-    global _pool
+    """`load_rule_pack` off the event loop (in a thread: for packs up to IN_PROCESS_YAML)."""
+    pack = await asyncio.to_thread(load_rule_pack, text, source)
+    return pack.rules, pack.policies, pack.sae
+
+
+def checked_pack(parsed: Parsed, text: str, source: str, *, bind: bool,
+                 loaded: SAEIdentity | None, check: RuleChecker | None
+                 ) -> rules_pb2.ValidateRuleResponse:
+    """A parsed pack checked against the loaded SAE (``loaded``, ``check``), as the answer to
+    ValidateRule. A problem names the field as the pack's text wrote it, and its line. Rules
+    for another SAE are refused first (one problem for those that take the pack's ``sae``),
+    unless ``bind``. Raises RuleValidationError for a rule the SAE or probes refuse."""
+    rules, policies, pack_sae = parsed
+    mismatched: dict[str, list[SAEMismatchError]] = {}
+    for i, rule in enumerate(rules):
+        try:
+            rules[i] = check_binding(rule, loaded, bind=bind, field="") if loaded else rule
+        except SAEMismatchError as exc:
+            at_pack = pack_sae is not None and rule.sae == pack_sae
+            mismatched.setdefault("sae" if at_pack else f"rules[{i}].sae", []).append(exc)
+    if mismatched:
+        problems = []
+        for field, errors in mismatched.items():
+            problem = errors[0].problem
+            if len(errors) > 1:
+                names = ", ".join(repr(e.rule) for e in errors[:10])
+                if len(errors) > 10:
+                    names += f" and {len(errors) - 10} more"
+                problem = problem.replace(f"rule {errors[0].rule!r} was",
+                                          f"rules {names} were", 1)
+            field, line = locate(text, field)
+            problems.append(rules_pb2.ValidationProblem(field=field, problem=problem,
+                                                        line=line or 0))
+        return rules_pb2.ValidateRuleResponse(valid=False, problems=problems)
+    for i, rule in enumerate(rules):
+        try:
+            _check(check, rule, f"rules[{i}]")
+        except RuleValidationError as exc:
+            field, line = locate(text, exc.field)
+            raise RuleValidationError(field, exc.problem, source=source,
+                                      lines=[line]) from None
+    return rules_pb2.ValidateRuleResponse(
+        valid=True, rules=[wire.rule_proto(r) for r in rules],
+        policies=[wire.policy_proto(p) for p in policies])
+
+
+def problems_answer(exc: MonitorError) -> rules_pb2.ValidateRuleResponse:
+    """ValidateRule's answer for a refused rule or pack: its problems as data."""
+    if isinstance(exc, RuleValidationError):
+        return rules_pb2.ValidateRuleResponse(valid=False, problems=[
+            rules_pb2.ValidationProblem(field=f, problem=p, line=line or 0)
+            for (f, p), line in zip(exc.errors, exc.lines, strict=True)])
+    if isinstance(exc, SAEMismatchError):
+        return rules_pb2.ValidateRuleResponse(valid=False, problems=[
+            rules_pb2.ValidationProblem(field=exc.field, problem=exc.problem)])
+    return rules_pb2.ValidateRuleResponse(
+        valid=False, problems=[rules_pb2.ValidationProblem(field="rule", problem=str(exc))])
+
+
+def validate_pack_in_worker(text: str, source: str, bind: bool, loaded: SAEIdentity | None,
+                            check: RuleCheck | None) -> bytes:
+    """The worker process's part for a big pack: parsed, checked and answered there, so the
+    sidecar only decodes the answer (protobuf, in C), and none of the work holds its GIL."""
     try:
-        specs = await asyncio.get_running_loop().run_in_executor(
-            _parser_pool(), _pack_specs, text, source)
-    except BrokenProcessPool:
-        _pool = None
-        raise Unavailable("the rule pack parser stopped; try again") from None
-    return await asyncio.to_thread(_from_specs, specs)
+        pack = load_rule_pack(text, source)
+        answer = checked_pack((list(pack.rules), list(pack.policies), pack.sae), text, source,
+                              bind=bind, loaded=loaded, check=check)
+    except MonitorError as exc:
+        answer = problems_answer(exc)
+    return answer.SerializeToString()
+
+
+def _check(check: RuleChecker | None, rule: Rule, prefix: str) -> None:
+    """The loaded SAE's and probes' checks; their errors become RuleValidationErrors naming
+    the field."""
+    if check is None:
+        return
+    try:
+        check(rule)
+    except UnknownFeatureError as exc:
+        field = f"{prefix}.{exc.field}" if exc.field else prefix
+        raise RuleValidationError(field, exc.problem) from None
 
 
 def _check_text(msg: rules_pb2.Rule | rules_pb2.Policy, prefix: str) -> None:
@@ -146,16 +200,7 @@ class RulesService(rules_pb2_grpc.RulesServicer):
         return check_binding(rule, loaded, bind=bind, field=field) if loaded else rule
 
     def _check(self, rule: Rule, prefix: str) -> None:
-        """The loaded SAE's and probes' checks; their errors become RuleValidationErrors
-        naming the field."""
-        check = self._runtime.rule_checker()
-        if check is None:
-            return
-        try:
-            check(rule)
-        except UnknownFeatureError as exc:
-            field = f"{prefix}.{exc.field}" if exc.field else prefix
-            raise RuleValidationError(field, exc.problem) from None
+        _check(self._runtime.rule_checker(), rule, prefix)
 
     def _validate_rule(self, msg: rules_pb2.Rule, prefix: str = "rule", bind: bool = False
                        ) -> Rule:
@@ -174,42 +219,24 @@ class RulesService(rules_pb2_grpc.RulesServicer):
 
     def _checked_pack(self, parsed: Parsed, text: str, source: str, bind: bool
                       ) -> rules_pb2.ValidateRuleResponse:
-        """Checks a parsed pack against the SAE and builds the answer; runs in a worker thread,
-        since for a pack near the size cap both take a while. A problem names the field as
-        the pack's text wrote it, and its line. Rules for another SAE are refused first (one
-        problem for those that take the pack's ``sae``), unless ``bind``."""
-        rules, policies, pack_sae = parsed
-        mismatched: dict[str, list[SAEMismatchError]] = {}
-        for i, rule in enumerate(rules):
-            try:
-                rules[i] = self._bind(rule, "", bind)
-            except SAEMismatchError as exc:
-                at_pack = pack_sae is not None and rule.sae == pack_sae
-                mismatched.setdefault("sae" if at_pack else f"rules[{i}].sae", []).append(exc)
-        if mismatched:
-            problems = []
-            for field, errors in mismatched.items():
-                problem = errors[0].problem
-                if len(errors) > 1:
-                    names = ", ".join(repr(e.rule) for e in errors[:10])
-                    if len(errors) > 10:
-                        names += f" and {len(errors) - 10} more"
-                    problem = problem.replace(f"rule {errors[0].rule!r} was",
-                                              f"rules {names} were", 1)
-                field, line = locate(text, field)
-                problems.append(rules_pb2.ValidationProblem(field=field, problem=problem,
-                                                            line=line or 0))
-            return rules_pb2.ValidateRuleResponse(valid=False, problems=problems)
-        for i, rule in enumerate(rules):
-            try:
-                self._check(rule, f"rules[{i}]")
-            except RuleValidationError as exc:
-                field, line = locate(text, exc.field)
-                raise RuleValidationError(field, exc.problem, source=source,
-                                          lines=[line]) from None
-        return rules_pb2.ValidateRuleResponse(
-            valid=True, rules=[wire.rule_proto(r) for r in rules],
-            policies=[wire.policy_proto(p) for p in policies])
+        """`checked_pack` against this sidecar's SAE (in a worker thread: small packs)."""
+        return checked_pack(parsed, text, source, bind=bind,
+                            loaded=self._runtime.sae_identity, check=self._runtime.rule_checker())
+
+    async def _validate_big_pack(self, text: str, source: str, bind: bool
+                                 ) -> rules_pb2.ValidateRuleResponse:
+        check = self._runtime.rule_checker()
+        if check is not None and not isinstance(check, RuleCheck):
+            raise FailedPrecondition("this sidecar's rule check cannot run in a worker process")
+        global _pool
+        try:
+            answer = await asyncio.get_running_loop().run_in_executor(
+                _parser_pool(), validate_pack_in_worker, text, source, bind,
+                self._runtime.sae_identity, check)
+        except BrokenProcessPool:
+            _pool = None
+            raise Unavailable("the rule pack checker stopped; try again") from None
+        return rules_pb2.ValidateRuleResponse.FromString(answer)
 
     async def _validate_policy(self, msg: rules_pb2.Policy) -> Policy:
         if not msg.name:
@@ -266,22 +293,16 @@ class RulesService(rules_pb2_grpc.RulesServicer):
             elif kind == "yaml":
                 check_length(request.source, "source", MAX_NAME)
                 source = request.source or "<request>"
+                bind = request.bind_to_current_sae
+                if IN_PROCESS_YAML < len(request.yaml) <= MAX_YAML_BYTES:
+                    return await self._validate_big_pack(request.yaml, source, bind)
                 parsed = await parse_pack(request.yaml, source)
                 return await asyncio.to_thread(self._checked_pack, parsed, request.yaml, source,
-                                               request.bind_to_current_sae)
+                                               bind)
             else:
                 raise InvalidArgument("input: set either rule or yaml", field="input")
-        except RuleValidationError as exc:
-            return rules_pb2.ValidateRuleResponse(valid=False, problems=[
-                rules_pb2.ValidationProblem(field=f, problem=p, line=line or 0)
-                for (f, p), line in zip(exc.errors, exc.lines, strict=True)
-            ])
-        except SAEMismatchError as exc:
-            return rules_pb2.ValidateRuleResponse(valid=False, problems=[
-                rules_pb2.ValidationProblem(field=exc.field, problem=exc.problem)])
         except MonitorError as exc:
-            return rules_pb2.ValidateRuleResponse(
-                valid=False, problems=[rules_pb2.ValidationProblem(field="rule", problem=str(exc))])
+            return problems_answer(exc)
         return rules_pb2.ValidateRuleResponse(
             valid=True, rules=[wire.rule_proto(r) for r in rules],
             policies=[wire.policy_proto(p) for p in policies],
