@@ -1,13 +1,14 @@
-"""One Monitor stream: the requests it carries, their rule sessions, traces and verdicts.
+"""One Monitor stream: the requests it carries, their rule state, traces and verdicts.
 
 A step goes through a short pipeline over domain types (`server.step`; protos are converted
 in `services/monitor.py`):
 
     check -> open -> evaluate -> record -> verdicts (-> close)
 
-`evaluate` is the CPU part (one SAE encode for all rows, probe scores, each request's rule
-session) and runs in a worker thread, off the event loop; the other stages are cheap and run
-on the loop. Traces are saved and alerts published by the writer in the background.
+`evaluate` is the CPU part (one SAE encode for all rows, probe scores, the rules of all the
+step's requests in one pass of a `RuleBatch`) and runs in a worker thread, off the event loop;
+the other stages are cheap and run on the loop. Traces are saved and alerts published by the
+writer in the background.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import torch
 from opentelemetry.trace import Span as OtelSpan
 from torch import Tensor
 
-from latentguard.monitors.rules import Policy, RuleHit, RuleSession
+from latentguard.monitors.rules import Policy, RuleEngine, RuleHit
+from latentguard.monitors.rules.batch import RuleBatch, RuleSpan
 from latentguard.monitors.rules.signals import probe_scores
 from latentguard.server.errors import (
     FailedPrecondition,
@@ -45,8 +47,10 @@ log = logging.getLogger(__name__)
 class RequestState:
     trace: TraceRecord
     policy: Policy
-    rules: RuleSession | None
-    """The request's rule session; None when its policy turns monitoring off."""
+    rules: RuleBatch | None
+    """The batch holding the request's rule state (that of the engine it started under, see
+    `StreamSession.batches`); None when its policy turns monitoring off or no rules are
+    loaded."""
     span: OtelSpan
     blocked_by: str = ""
     generated: int = 0
@@ -74,6 +78,9 @@ class StreamSession:
         self.token_texts = token_texts
         self.client = client
         self.requests: dict[str, RequestState] = {}
+        self.batches: dict[RuleEngine, RuleBatch] = {}
+        """The rule state of this stream's requests, one batch per engine: a request keeps the
+        engine it started under when the rules change (usually one engine)."""
 
     async def handle(self, step: Step) -> list[Verdict]:
         """The step's verdicts (blocks and steers from the rules that fired)."""
@@ -144,7 +151,12 @@ class StreamSession:
             otel_span_id=f"{ctx.span_id:016x}",
         )
         engine = runtime.engine
-        rules = engine.new_session(policy) if policy.monitoring and engine is not None else None
+        rules = None
+        if policy.monitoring and engine is not None:
+            rules = self.batches.get(engine)
+            if rules is None:
+                rules = self.batches[engine] = engine.new_batch()
+            rules.open(s.tag, engine.rules_for(policy))
         self.requests[s.tag] = RequestState(trace=trace, policy=policy, rules=rules, span=span)
         if policy.monitoring:
             self.writer.opened(trace)
@@ -152,23 +164,35 @@ class StreamSession:
     # ---- evaluate (worker thread) ---------------------------------------------------------
 
     def evaluate(self, step: Step) -> list[SpanResult]:
-        """One encode of all the step's rows, probe scores, then each monitored span's token
-        records and rule hits. Reads request state, changes only the rule sessions."""
+        """One encode of all the step's rows, probe scores, the rules of all monitored spans
+        in one pass (per engine: see `batches`), then each span's token records. Reads
+        request state, changes only the rule state."""
         sae, engine, probes = self.runtime.sae, self.runtime.engine, self.runtime.probes
         assert sae is not None  # check() refused the step otherwise
         monitored = [s for s in step.spans if self.requests[s.tag].policy.monitoring]
         if not monitored:
             return []
-        no_rules = torch.empty(0, dtype=torch.long)
-        rule_idx = engine.signal_features if engine is not None else no_rules
+        # The current engine's signals go in the trace; an engine the rules moved on from
+        # still serves the requests that started under it.
+        in_use = {id(self.requests[s.tag].rules) for s in monitored}
+        engines = [engine] if engine is not None else []
+        engines += [e for e, b in self.batches.items() if e is not engine and id(b) in in_use]
         watched = sorted({f for s in monitored
                           if (w := self.watchers.get(s.tag)) is not None for f in w.features})
-        idx = torch.cat([rule_idx, torch.tensor(watched, dtype=torch.long)])
+        idx = torch.cat([*(e.signal_features for e in engines),
+                         torch.tensor(watched, dtype=torch.long)])
         rows = step.rows
         enc = sae.encode_for_monitor(rows, idx, self.runtime.settings.top_k)
-        selected = enc.selected[:, :rule_idx.numel()]
-        watched_cols = {f: rule_idx.numel() + i for i, f in enumerate(watched)}
-        probe_values = probe_scores(engine, probes, rows, selected) if engine is not None else None
+        signals: dict[RuleEngine, tuple[Tensor, Tensor | None]] = {}
+        col = 0
+        for e in engines:
+            features = enc.selected[:, col:col + e.signal_features.numel()]
+            col += e.signal_features.numel()
+            signals[e] = features, probe_scores(e, probes, rows, features)
+        selected, probe_values = signals[engine] if engine is not None else (enc.selected[:, :0],
+                                                                              None)
+        watched_cols = {f: col + i for i, f in enumerate(watched)}
+        hits_of = self._rule_hits(monitored, signals)
         top_vals, top_idx = enc.topk_values.tolist(), enc.topk_indices.tolist()
         signal_names, signal_values = rule_signal_values(engine, selected, probe_values)
         cap = self.runtime.settings.max_tokens_per_request
@@ -191,18 +215,32 @@ class StreamSession:
                                        span.token_ids[:n], strict=True)]
             series = {f: enc.selected[lo:hi, watched_cols[f]].tolist()
                       for f in (watcher.features if watcher is not None else [])}
-            hits = []
-            if state.rules is not None:
-                hits = state.rules.step(
-                    selected[lo:hi], probe_values[lo:hi] if probe_values is not None else None,
-                    span.positions, [span.prefill] * len(span.positions))
-                if probes is not None and engine is not None and probes.reads_features:
-                    labels = self.runtime.labels()
-                    hits = [probes.explain(h, selected[lo + span.positions.index(h.position),
-                                                       engine.probe_feature_columns], labels)
-                            if h.position in span.positions else h for h in hits]
-            results.append(SpanResult(span, rows[lo:hi], tokens, hits, series))
+            results.append(SpanResult(span, rows[lo:hi], tokens, hits_of.get(id(span), []),
+                                      series))
         return results
+
+    def _rule_hits(self, monitored: list[Span], signals: dict[RuleEngine, tuple[Tensor,
+                   Tensor | None]]) -> dict[int, list[RuleHit]]:
+        """Each batch's spans in one step of it: the hits of each span (by id)."""
+        probes = self.runtime.probes
+        explain = probes is not None and probes.reads_features
+        out: dict[int, list[RuleHit]] = {}
+        for engine, batch in self.batches.items():
+            spans = [s for s in monitored if self.requests[s.tag].rules is batch]
+            if not spans or engine not in signals:
+                continue
+            features, probe_values = signals[engine]
+            found = batch.step(features, probe_values, [
+                RuleSpan(s.tag, s.row_start, s.positions, s.prefill) for s in spans])
+            labels = self.runtime.labels() if explain and any(found) else {}
+            for span, hits in zip(spans, found, strict=True):
+                if explain and hits:
+                    assert probes is not None
+                    hits = [probes.explain(h, features[span.row_start + span.positions.index(
+                                h.position), engine.probe_feature_columns], labels)
+                            if h.position in span.positions else h for h in hits]
+                out[id(span)] = hits
+        return out
 
     # ---- record and verdicts --------------------------------------------------------------
 
@@ -280,8 +318,14 @@ class StreamSession:
         if state.rules is not None:
             # End rules read the whole request (alerts only; nothing is left to block). A
             # request cut short (monitoring gap) is checked on the tokens that were seen.
-            for hit in state.rules.finish():
+            for hit in state.rules.finish(end.tag):
                 self.hit_found(state, hit)
+            state.rules.close(end.tag)
+            engine = self.runtime.engine
+            if len(state.rules) == 0 and (engine is None
+                                          or state.rules is not self.batches.get(engine)):
+                # The last request of an engine the rules have moved on from.
+                self.batches = {e: b for e, b in self.batches.items() if b is not state.rules}
         trace.ended_at = utcnow()
         trace.finish_reason = "blocked" if state.blocked_by else (end.finish_reason or "stop")
         trace.blocked = bool(state.blocked_by)

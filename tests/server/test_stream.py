@@ -15,7 +15,7 @@ import torch
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from latentguard.monitors.rules import Steer, bind_pack, load_rule_pack
+from latentguard.monitors.rules import Rule, RuleEngine, Steer, bind_pack, load_rule_pack
 from latentguard.monitors.sae import load_sae
 from latentguard.server.config import Settings
 from latentguard.server.errors import InvalidArgument, ResourceExhausted
@@ -139,6 +139,30 @@ async def test_monitoring_off_and_unknown_requests(harness: Harness) -> None:
     assert err.value.field == "finished[0].request_tag"
     await s.handle(Step(4, closed=[RequestClose("Q")]))
     assert "Q" not in await harness.traces()  # a policy without monitoring stores nothing
+
+
+async def test_a_request_keeps_the_rules_it_started_under(harness: Harness) -> None:
+    """The rules change mid-request: A goes on with the rules it started under (its window
+    state too), C gets the new ones; both are evaluated in the same steps, from one encode."""
+    s = harness.session
+    old = s.runtime.engine
+    assert old is not None
+    await s.handle(Step(1, rows({5: 0.75}), opened=[RequestOpen("A")], spans=[span("A", 0, [0])]))
+    sae = s.runtime.sae
+    assert sae is not None
+    s.runtime.engine = RuleEngine([Rule.model_validate(
+        {"name": "nine", "when": {"feature": 9, "threshold": 1.0}})], d_sae=sae.d_sae)
+    verdicts = await s.handle(Step(2, rows({3: 2.5, 5: 0.5, 9: 2.0}, {3: 2.5, 9: 2.0}),
+                                   opened=[RequestOpen("C")],
+                                   spans=[span("A", 0, [1]), span("C", 1, [0])]))
+    assert [(v.request_tag, v.rule) for v in verdicts] == [("A", "unsafe-code")]
+    assert len(s.batches) == 2
+    await s.handle(Step(3, closed=[RequestClose("A", "stop"), RequestClose("C", "stop")]))
+    assert list(s.batches) == [s.runtime.engine]  # the old engine's state went with A
+    stored = await harness.traces()
+    # watch-5's sum over 2 tokens carried across the steps: 0.75 + 0.5 > 1.0
+    assert [h.rule for h in stored["A"].hits] == ["unsafe-code", "watch-5"]
+    assert [h.rule for h in stored["C"].hits] == ["nine"]
 
 
 async def test_a_stream_that_ends_records_open_requests_as_gaps(harness: Harness) -> None:
