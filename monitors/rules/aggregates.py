@@ -61,6 +61,10 @@ class WindowArrays:
         position that holds it ``[B, L, J]``."""
         raise NotImplementedError
 
+    def current(self, slot: int) -> tuple[list[float], list[int] | None]:
+        """The aggregate (and for a max window, its position) the last push gave ``slot``."""
+        raise NotImplementedError
+
 
 class _WholeSum(WindowArrays):
     """Every token so far: Neumaier-compensated sum (``sum``), its mean, or a count."""
@@ -74,15 +78,25 @@ class _WholeSum(WindowArrays):
         a, length = self.a, x.shape[1]
         s0, c0, n0 = a["s"][slots], a["c"][slots], a["n"][slots]
         v = (x > self.above).astype(np.float64) if self.agg == "count" else x
-        run = np.cumsum(np.concatenate([s0[:, None], v], axis=1), axis=1)
-        prev, total = run[:, :-1], run[:, 1:]
+        if length == 1:
+            prev, total = s0[:, None], s0[:, None] + v
+        else:
+            run = np.cumsum(np.concatenate([s0[:, None], v], axis=1), axis=1)
+            prev, total = run[:, :-1], run[:, 1:]
         err = np.where(np.abs(prev) >= np.abs(v), (prev - total) + v, (v - total) + prev)
-        carry = np.cumsum(np.concatenate([c0[:, None], err], axis=1), axis=1)[:, 1:]
+        carry = (c0[:, None] + err if length == 1 else
+                 np.cumsum(np.concatenate([c0[:, None], err], axis=1), axis=1)[:, 1:])
         exact = total + carry
         if self.agg == "mean":
             exact = exact / (n0[:, None] + np.arange(1, length + 1))[:, :, None]
         a["s"][slots], a["c"][slots], a["n"][slots] = total[:, -1], carry[:, -1], n0 + length
         return exact, None
+
+    def current(self, slot: int) -> tuple[list[float], list[int] | None]:
+        exact = self.a["s"][slot] + self.a["c"][slot]
+        if self.agg == "mean":
+            exact = exact / self.a["n"][slot]
+        return exact.tolist(), None
 
 
 class _WholeMax(WindowArrays):
@@ -97,6 +111,11 @@ class _WholeMax(WindowArrays):
     def advance(self, slots: I64, x: F64, positions: I64) -> tuple[F64, I64 | None]:
         a, length = self.a, x.shape[1]
         m0, at0, n0 = a["m"][slots], a["at"][slots], a["n"][slots]
+        if length == 1:
+            new = (x[:, 0] > m0) | (n0 == 0)[:, None]
+            m, at = np.where(new, x[:, 0], m0), np.where(new, positions, at0)
+            a["m"][slots], a["at"][slots], a["n"][slots] = m, at, n0 + 1
+            return m[:, None], at[:, None]
         prev = np.maximum.accumulate(np.concatenate([m0[:, None], x[:, :-1]], axis=1), axis=1)
         new = x > prev
         new[:, 0] |= (n0 == 0)[:, None]
@@ -110,6 +129,9 @@ class _WholeMax(WindowArrays):
         a["m"][slots], a["at"][slots], a["n"][slots] = cur[:, -1], where[:, -1], n0 + length
         return cur, where
 
+    def current(self, slot: int) -> tuple[list[float], list[int] | None]:
+        return self.a["m"][slot].tolist(), self.a["at"][slot].tolist()
+
 
 class _SizedMax(WindowArrays):
     """Last ``size`` tokens: max and the latest position holding it (the deque's front)."""
@@ -117,40 +139,56 @@ class _SizedMax(WindowArrays):
     positions = True
 
     def __init__(self, size: int, width: int, capacity: int) -> None:
-        self.size = size
-        h = size - 1
-        super().__init__({"v": ((h, width), np.float64, -math.inf),
-                          "p": ((h, width), np.int64, 0)}, capacity)
+        self.size = size  # the last ``size`` values and positions, oldest first
+        super().__init__({"v": ((size, width), np.float64, -math.inf),
+                          "p": ((size, width), np.int64, 0)}, capacity)
 
     def advance(self, slots: I64, x: F64, positions: I64) -> tuple[F64, I64 | None]:
-        a, w = self.a, self.size
+        a, w, (b, length, j) = self.a, self.size, x.shape
         ext = np.concatenate([a["v"][slots], x], axis=1)
         extp = np.concatenate([a["p"][slots], np.broadcast_to(positions[:, :, None], x.shape)],
                               axis=1)
-        win = sliding_window_view(ext, w, axis=1)  # [B, L, J, w], oldest first
-        k = (w - 1) - np.argmax(win[..., ::-1], axis=-1)[..., None]  # latest of equal maxima
-        best = np.take_along_axis(win, k, axis=-1)[..., 0]
-        where = np.take_along_axis(sliding_window_view(extp, w, axis=1), k, axis=-1)[..., 0]
-        if w > 1:
-            a["v"][slots], a["p"][slots] = ext[:, -(w - 1):], extp[:, -(w - 1):]
+        if length == 1:
+            win = ext[:, 1:]
+            k = (w - 1) - np.argmax(win[:, ::-1], axis=1)  # the latest of equal maxima
+            rows, cols = np.arange(b)[:, None], np.arange(j)
+            best, where = win[rows, k, cols][:, None], extp[:, 1:][rows, k, cols][:, None]
+        else:
+            view = sliding_window_view(ext[:, 1:], w, axis=1)  # [B, L, J, w], oldest first
+            at = (w - 1) - np.argmax(view[..., ::-1], axis=-1)[..., None]
+            best = np.take_along_axis(view, at, axis=-1)[..., 0]
+            where = np.take_along_axis(sliding_window_view(extp[:, 1:], w, axis=1), at,
+                                       axis=-1)[..., 0]
+        a["v"][slots], a["p"][slots] = ext[:, -w:], extp[:, -w:]
         return best, where
+
+    def current(self, slot: int) -> tuple[list[float], list[int] | None]:
+        win, w = self.a["v"][slot], self.size
+        k = (w - 1) - np.argmax(win[::-1], axis=0)
+        cols = np.arange(win.shape[1])
+        return win[k, cols].tolist(), self.a["p"][slot][k, cols].tolist()
 
 
 class _SizedCount(WindowArrays):
     """Last ``size`` tokens: how many are above ``above`` (exact integers)."""
 
     def __init__(self, size: int, width: int, above: F64, capacity: int) -> None:
-        self.size, self.above = size, above
-        super().__init__({"b": ((size - 1, width), np.int64, 0)}, capacity)
+        self.size, self.above = size, above  # whether each of the last ``size`` was above
+        super().__init__({"b": ((size, width), np.int64, 0)}, capacity)
 
     def advance(self, slots: I64, x: F64, positions: I64) -> tuple[F64, I64 | None]:
-        a, w, (b, length, j) = self.a, self.size, x.shape
+        a, w, length = self.a, self.size, x.shape[1]
         ext = np.concatenate([a["b"][slots], (x > self.above).astype(np.int64)], axis=1)
-        cs = np.cumsum(np.concatenate([np.zeros((b, 1, j), np.int64), ext], axis=1), axis=1)
-        count = (cs[:, w:w + length] - cs[:, :length]).astype(np.float64)
-        if w > 1:
-            a["b"][slots] = ext[:, -(w - 1):]
-        return count, None
+        if length == 1:
+            count = ext[:, 1:].sum(axis=1, keepdims=True)
+        else:
+            cs = np.cumsum(ext, axis=1)  # window of token i: ext[i+1 .. i+w]
+            count = cs[:, w:] - cs[:, :length]
+        a["b"][slots] = ext[:, -w:]
+        return count.astype(np.float64), None
+
+    def current(self, slot: int) -> tuple[list[float], list[int] | None]:
+        return self.a["b"][slot].sum(axis=0).astype(np.float64).tolist(), None
 
 
 class _SizedSum(WindowArrays):
@@ -169,17 +207,25 @@ class _SizedSum(WindowArrays):
         ext = np.concatenate([a["v"][slots], x], axis=1)  # ext[:, i] left when x[:, i] came
         refresh = (n0[:, None] + np.arange(length)) % w == w - 1
         fresh = np.zeros((b, length, j))
-        fresh[refresh] = self._fsums(ext, *np.nonzero(refresh))
+        if refresh.any():
+            fresh[refresh] = self._fsums(ext, *np.nonzero(refresh))
         if length == 1:
             out = ((s0 - ext[:, 0]) + x[:, 0])[:, None]
         else:
             out = self._running(s0, n0 % w, ext[:, :length], x, fresh)
-        out = np.where(refresh[:, :, None], fresh, out)
+        if refresh.any():
+            out = np.where(refresh[:, :, None], fresh, out)
         a["v"][slots], a["s"][slots], a["n"][slots] = ext[:, -w:], out[:, -1], n0 + length
         if self.mean:
             seen = np.minimum(n0[:, None] + np.arange(1, length + 1), w)
             return out / seen[:, :, None], None
         return out, None
+
+    def current(self, slot: int) -> tuple[list[float], list[int] | None]:
+        total = self.a["s"][slot]
+        if self.mean:
+            total = total / min(int(self.a["n"][slot]), self.size)
+        return total.tolist(), None
 
     def _fsums(self, ext: F64, rows: I64, ts: I64) -> F64:
         """``math.fsum`` of the window ending at each (row, token): pushes ``t+1 .. t+size`` of

@@ -33,12 +33,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+import torch
 from torch import Tensor
 
 from latentguard.monitors.errors import ShapeError
 from latentguard.monitors.rules.aggregates import WindowArrays, window_arrays
 from latentguard.monitors.rules.hits import Evidence, RuleHit
-from latentguard.monitors.rules.plan import KindPlan, RulePlan, evaluate
+from latentguard.monitors.rules.plan import SCOPES, KindPlan, RulePlan, evaluate
 
 if TYPE_CHECKING:
     from latentguard.monitors.rules.engine import CompiledRule
@@ -67,10 +68,11 @@ class _Pool:
         self.plan, self.capacity = plan, capacity
         r, s = len(plan.rules), plan.n_signals
         self._spec: dict[str, tuple[int, Any, Any]] = {
-            "active": (r, np.bool_, False), "has_last": (r, np.bool_, False),
-            "last_pos": (r, np.int64, 0), "run": (s, np.int64, 0), "run_start": (s, np.int64, 0),
-            "last_holds": (s, np.bool_, False), "last_value": (s, np.float64, 0.0),
-            "last_where": (s, np.int64, 0)}
+            "active": (r, np.bool_, False), "run": (s, np.int64, 0),
+            "run_start": (s, np.int64, 0),
+            # Latest in-scope position per scope (SCOPES), for end rules; -1: none since the
+            # request started or was last finished.
+            "last_pos": (len(SCOPES), np.int64, -1)}
         self.a: dict[str, npt.NDArray[Any]] = {
             k: np.full((capacity, n), fill, dtype) for k, (n, dtype, fill) in self._spec.items()}
         self.windows: list[WindowArrays] = []
@@ -136,19 +138,28 @@ class RuleBatch:
         """The request ended: checks its end rules (``check: end``) once, on their windows over
         the request; a second call finds nothing to check. The state stays open."""
         pool, slot = self._open[key]
-        plan, a = pool.plan, pool.a
+        plan = pool.plan
+        last = pool.a["last_pos"][slot].tolist()
+        pool.a["last_pos"][slot] = -1
+        current: dict[int, tuple[list[float], list[int] | None]] = {}
         hits = []
         for r in plan.end_rules:
-            if not a["has_last"][slot, r]:
-                continue
-            a["has_last"][slot, r] = False
             compiled = plan.rules[r]
-            ids = slice(plan.first[r], plan.first[r] + len(compiled.signals))
-            holds = a["last_holds"][slot, ids].tolist()
+            position = last[SCOPES.index(compiled.rule.scope)]
+            if position < 0:  # no in-scope token: nothing to check
+                continue
+            holds, values, wheres = [], [], []
+            for k, c in enumerate(compiled.signals):  # every signal of an end rule has a window
+                g, j = plan.window_of[plan.first[r] + k]
+                if g not in current:
+                    current[g] = pool.windows[g].current(slot)
+                value, at = current[g]
+                holds.append(c.compare(value[j], c.signal.threshold))
+                values.append(value[j])
+                wheres.append(at[j] if at is not None else position)
             if evaluate(compiled.tree, holds):
-                hits.append(make_hit(compiled, holds, a["last_value"][slot, ids].tolist(),
-                                     a["last_where"][slot, ids].tolist(), None,
-                                     int(a["last_pos"][slot, r]), at_end=True))
+                hits.append(make_hit(compiled, holds, values, wheres, None, position,
+                                     at_end=True))
         return hits
 
     def step(self, feature_values: Tensor | np.ndarray, probe_values: Tensor | np.ndarray | None,
@@ -169,7 +180,7 @@ class RuleBatch:
         values = fv
         if probe_values is not None:
             pv = as_matrix(probe_values, "probe_values", n, self.n_probes)
-            values = np.concatenate([fv, pv], axis=1)
+            values = np.concatenate([fv, pv], axis=1)  # float32 unless one is float64
         groups: dict[tuple[int, int, bool, int], list[int]] = {}
         rounds: dict[Hashable, int] = {}
         for i, span in enumerate(spans):
@@ -193,18 +204,21 @@ class RuleBatch:
             starts = np.array([spans[i].row_start for i in members], dtype=np.int64)
             if length == 1:
                 positions = np.array([spans[i].positions for i in members], dtype=np.int64)
+                x = values[starts[:, None], kind.value_cols][:, None]
             else:
                 positions = np.stack([np.asarray(spans[i].positions, dtype=np.int64)
                                       for i in members])
-            rows = starts[:, None] + np.arange(length)
-            x = values[rows[:, :, None], kind.value_cols]
-            for b, hits in _advance(pool, kind, slots, x, positions):
+                x = values[(starts[:, None] + np.arange(length))[:, :, None], kind.value_cols]
+            block: F64 = x.astype(np.float64)  # from float32: exact, the reference's values
+            for b, hits in _advance(pool, kind, slots, block, positions):
                 out[members[b]].extend(hits)
         return out
 
 
-def as_matrix(values: Tensor | np.ndarray, field: str, n: int | None, width: int) -> F64:
-    """``values`` as a float64 ``[n, width]`` array (a view where it already is one)."""
+def as_matrix(values: Tensor | np.ndarray, field: str, n: int | None,
+              width: int) -> npt.NDArray[np.floating[Any]]:
+    """``values`` as a float32 or float64 ``[n, width]`` array: a view of a float32/float64
+    tensor or array (other floats, and integers in an array, are converted to float64)."""
     shape = tuple(values.shape)
     if len(shape) != 2 or (n is not None and shape[0] != n) or shape[1] != width:
         rows = n if n is not None else "rows"
@@ -212,8 +226,13 @@ def as_matrix(values: Tensor | np.ndarray, field: str, n: int | None, width: int
     if isinstance(values, Tensor):
         if not values.is_floating_point():
             raise ShapeError(field, f"expected floating point values, got {values.dtype}")
-        out: F64 = values.detach().cpu().double().numpy()
+        values = values.detach().cpu()
+        if values.dtype not in (torch.float32, torch.float64):
+            values = values.double()
+        out: npt.NDArray[np.floating[Any]] = values.numpy()
         return out
+    if values.dtype in (np.float32, np.float64):
+        return values
     return np.asarray(values, dtype=np.float64)
 
 
@@ -222,45 +241,56 @@ def _advance(pool: _Pool, kind: KindPlan, slots: I64, x: F64,
     """One pass of a group: ``x [B, L, K]`` the columns' values of each slot's next ``L``
     tokens. Updates the slots' state; returns (row in the group, hits) where rules fired."""
     a, length = pool.a, x.shape[1]
-    agg = x
-    where = np.repeat(positions[:, :, None], x.shape[2], axis=2)
+    agg = x  # the group's own copy: windows write their aggregates over their columns
+    at: list[tuple[I64, I64]] = []
     for g, cols in kind.windows:
-        arrays = pool.windows[g]
-        value, at = arrays.advance(slots, x[:, :, cols], positions)
-        agg[:, :, cols] = value  # x is the group's own copy
-        if at is not None:
-            where[:, :, cols] = at
+        value, where = pool.windows[g].advance(slots, x[:, :, cols], positions)
+        agg[:, :, cols] = value
+        if where is not None:
+            at.append((cols, where))
     signed = agg * kind.sign
-    holds = np.where(kind.strict, signed > kind.threshold, signed >= kind.threshold)
+    holds = (signed > kind.threshold if kind.all_strict
+             else np.where(kind.strict, signed > kind.threshold, signed >= kind.threshold))
     runs = start0 = None
     if kind.runs.size:
         run0 = a["run"][slots[:, None], kind.run_signals]
         start0 = a["run_start"][slots[:, None], kind.run_signals]
-        t = np.arange(length)[None, :, None]
-        last_false = np.maximum.accumulate(np.where(holds[:, :, kind.runs], -1, t), axis=1)
-        runs = np.where(last_false >= 0, t - last_false, t + 1 + run0[:, None, :])
+        if length == 1:
+            ok = holds[:, 0, kind.runs]
+            end = np.where(ok, run0 + 1, 0)
+            runs = end[:, None]
+            new_start = np.where(ok & (run0 == 0), positions, start0)
+        else:
+            t = np.arange(length)[None, :, None]
+            last_false = np.maximum.accumulate(np.where(holds[:, :, kind.runs], -1, t), axis=1)
+            runs = np.where(last_false >= 0, t - last_false, t + 1 + run0[:, None, :])
+            end = runs[:, -1]
+            begin = length - end  # the token the run now going began on (< 0: earlier)
+            began = np.take_along_axis(positions, np.clip(begin, 0, length - 1), axis=1)
+            new_start = np.where((end > 0) & (begin >= 0), began, start0)
         holds[:, :, kind.runs] = runs >= kind.run_need
-        end = runs[:, -1]
-        begin = length - end  # the token the run now going began on (< 0: an earlier step)
-        began = np.take_along_axis(positions, np.clip(begin, 0, length - 1), axis=1)
         a["run"][slots[:, None], kind.run_signals] = end
-        a["run_start"][slots[:, None], kind.run_signals] = np.where(
-            (end > 0) & (begin >= 0), began, start0)
-    if kind.end_rules.size:
-        a["last_holds"][slots[:, None], kind.end_signals] = holds[:, -1, kind.end_cols]
-        a["last_value"][slots[:, None], kind.end_signals] = agg[:, -1, kind.end_cols]
-        a["last_where"][slots[:, None], kind.end_signals] = where[:, -1, kind.end_cols]
-        a["has_last"][slots[:, None], kind.end_rules] = True
-        a["last_pos"][slots[:, None], kind.end_rules] = positions[:, -1:]
+        a["run_start"][slots[:, None], kind.run_signals] = new_start
+    if kind.has_end:
+        a["last_pos"][slots[:, None], kind.scopes] = positions[:, -1:]
     if not kind.token_rules.size:
         return []
     rule_holds = kind.token_trees(holds)
     before = a["active"][slots[:, None], kind.token_rules]
-    was = np.concatenate([before[:, None], rule_holds[:, :-1]], axis=1)
-    fired = rule_holds & ~was
-    a["active"][slots[:, None], kind.token_rules] = rule_holds[:, -1]
-    if not fired.any():
-        return []
+    if length == 1:
+        fired = rule_holds[:, 0] & ~before
+        a["active"][slots[:, None], kind.token_rules] = rule_holds[:, 0]
+        if not fired.any():
+            return []
+        fired = fired[:, None]
+    else:
+        fired = rule_holds & ~np.concatenate([before[:, None], rule_holds[:, :-1]], axis=1)
+        a["active"][slots[:, None], kind.token_rules] = rule_holds[:, -1]
+        if not fired.any():
+            return []
+    where_all = np.repeat(positions[:, :, None], x.shape[2], axis=2)
+    for cols, where in at:
+        where_all[:, :, cols] = where
     found: dict[int, list[RuleHit]] = {}
     run_col = {int(c): j for j, c in enumerate(kind.runs.tolist())}
     for b, tok, r in zip(*(v.tolist() for v in np.nonzero(fired)), strict=True):
@@ -279,7 +309,7 @@ def _advance(pool: _Pool, kind: KindPlan, slots: I64, x: F64,
                 starts.append(int(positions[b, first]) if first >= 0 else int(start0[b, j]))
         found.setdefault(b, []).append(make_hit(
             compiled, holds[b, tok, lo:hi].tolist(), agg[b, tok, lo:hi].tolist(),
-            where[b, tok, lo:hi].tolist(), starts, int(positions[b, tok]), at_end=False))
+            where_all[b, tok, lo:hi].tolist(), starts, int(positions[b, tok]), at_end=False))
     return list(found.items())
 
 

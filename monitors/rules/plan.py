@@ -22,7 +22,9 @@ from latentguard.monitors.rules.schema import Window
 if TYPE_CHECKING:
     from latentguard.monitors.rules.engine import CompiledRule, CompiledSignal, Tree
 
-__all__ = ["KindPlan", "RulePlan", "Trees", "WindowGroup", "evaluate"]
+__all__ = ["SCOPES", "KindPlan", "RulePlan", "Trees", "WindowGroup", "evaluate"]
+
+SCOPES = ("prompt", "generation", "both")
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -142,11 +144,11 @@ class KindPlan:
     token_first: I64
     """Column of each one's first signal."""
     token_trees: Trees
-    end_rules: I64
-    """Plan rule ids of the end rules in scope."""
-    end_cols: I64
-    """Columns of their signals; ``end_signals`` are the same signals' plan ids."""
-    end_signals: I64
+    has_end: bool
+    """Whether an end rule is in scope (then the last in-scope position is kept)."""
+    scopes: I64
+    """The scopes that see this kind (``SCOPES`` indices)."""
+    all_strict: bool
 
     @property
     def empty(self) -> bool:
@@ -186,6 +188,10 @@ class RulePlan:
             [_above(signals[i].signal.window) for i in ids], dtype=np.float64))
             for (_, w), ids in groups.items()]
         group_scope = [scope for scope, _ in groups]
+        self.window_of: dict[int, tuple[int, int]] = {
+            int(i): (g, j) for g, group in enumerate(self.groups)
+            for j, i in enumerate(group.signals.tolist())}
+        """Plan signal id -> (window group, index in it), for windowed signals."""
         self.kinds = {prompt: self._kind(signals, scope_of, group_scope, prompt, n_features)
                       for prompt in (True, False)}
 
@@ -199,8 +205,6 @@ class RulePlan:
         runs = [c for c, s in enumerate(sig) if s.signal.consecutive > 1]
         in_scope = [r for r, c in enumerate(self.rules) if c.rule.scope in seen]
         token = [r for r in in_scope if self.rules[r].rule.check != "end"]
-        end = [r for r in in_scope if self.rules[r].rule.check == "end"]
-        end_ids = [self.first[r] + k for r in end for k in range(len(self.rules[r].signals))]
         return KindPlan(
             signals=_ids(ids),
             value_cols=_ids([s.column + (n_features if s.source == "p" else 0) for s in sig]),
@@ -214,6 +218,7 @@ class RulePlan:
             token_rules=_ids(token), token_first=_ids([col[self.first[r]] for r in token]),
             token_trees=Trees([(self.rules[r].tree, col[self.first[r]]) for r in token],
                               len(ids)),
-            end_rules=_ids(end), end_cols=_ids([col[i] for i in end_ids]),
-            end_signals=_ids(end_ids),
+            has_end=any(self.rules[r].rule.check == "end" for r in in_scope),
+            scopes=_ids([SCOPES.index(scope) for scope in seen]),
+            all_strict=all(s.signal.op in (">", "<") for s in sig),
         )
