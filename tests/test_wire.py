@@ -4,6 +4,7 @@ converter round-trips."""
 from __future__ import annotations
 
 import typing
+import warnings
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from latentguard import wire
 from latentguard.monitors.errors import RuleValidationError, ShapeError
 from latentguard.monitors.rules import Policy, RuleHit, Steer, load_rule_pack, schema
 from latentguard.server import records
-from latentguard.v1 import rules_pb2
+from latentguard.v1 import common_pb2, rules_pb2
 
 
 @pytest.mark.parametrize(("table", "literal"), [
@@ -106,3 +107,20 @@ def test_rows_round_trip_and_refusals() -> None:
     bad = wire.rows_proto(torch.tensor([[float("nan")] * 8]))
     with pytest.raises(ShapeError, match="NaN"):
         wire.rows_from_proto(bad, 8)
+
+
+def test_float32_rows_read_the_bytes_quietly_and_half_rows_convert() -> None:
+    rows = torch.randn(4, 8)
+    data = rows.numpy().tobytes()
+    msg = common_pb2.Tensor(dtype=common_pb2.DTYPE_FLOAT32, shape=[4, 8], data=data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a view of read-only bytes: torch says nothing
+        got = wire.rows_from_proto(msg, 8)
+    assert torch.equal(got, rows)
+    for dtype, torch_dtype in ((common_pb2.DTYPE_FLOAT16, torch.float16),
+                               (common_pb2.DTYPE_BFLOAT16, torch.bfloat16)):
+        half = rows.to(torch_dtype)
+        raw = half.view(torch.int16).numpy().tobytes()
+        msg = common_pb2.Tensor(dtype=dtype, shape=[4, 8], data=raw)
+        got = wire.rows_from_proto(msg, 8)
+        assert got.dtype == torch.float32 and torch.equal(got, half.float())
