@@ -338,12 +338,14 @@ def make_hit(compiled: CompiledRule, holds: Sequence[bool], values: Sequence[flo
     evidence, parts = [], []
     for slot, (ok, value, where) in enumerate(zip(holds, values, wheres, strict=True)):
         if ok:
-            evidence.append(Evidence(signal=compiled.signals[slot].signal.source_name,
-                                     position=int(where), value=float(value)))
+            evidence.append(Evidence.model_construct(  # checked values: no validation
+                signal=compiled.signals[slot].signal.source_name, position=int(where),
+                value=float(value)))
             start = run_starts[slot] if run_starts is not None else 0
             parts.append(_describe(compiled, slot, float(value), int(where), start))
     when = "at the end of the request" if at_end else f"at position {position}"
     explanation = f"rule {rule.name} ({rule.severity}) fired {when}: " + "; ".join(parts)
-    return RuleHit(rule=rule.name, severity=rule.severity, action=rule.action,
-                   position=position, score=evidence[0].value if evidence else 0.0,
-                   explanation=explanation, evidence=tuple(evidence))
+    return RuleHit.model_construct(
+        rule=rule.name, severity=rule.severity, action=rule.action, position=position,
+        score=evidence[0].value if evidence else 0.0, explanation=explanation,
+        evidence=tuple(evidence))
