@@ -92,6 +92,9 @@ class Store:
 
         Pub/sub delivers notices within milliseconds; the revision is also polled every
         `poll_s` so a notice lost to a reconnect still triggers a reload within that time.
+        Nothing ends the watch but cancelling it: after any error (the store away, a cluster
+        node restarting, a failed reload) it subscribes again, and a change whose callback
+        failed is delivered again by the next poll.
         """
         seen = await self.revision()
         pubsub: PubSub | ClusterPubSub | None = None
@@ -107,16 +110,19 @@ class Store:
                                                    timeout=poll_s)
                     if msg is not None:
                         notice = json.loads(msg["data"])
-                        seen = max(seen, int(notice.get("revision", 0)))
                         await callback(notice)
+                        seen = max(seen, int(notice.get("revision", 0)))
                         continue
                     current = await self.revision()
                     if current != seen:
-                        seen = current
                         await callback({"kind": "poll", "revision": current})
-                except _INTERRUPTED as exc:
-                    log.warning("change notices interrupted (%s); retrying", exc)
-                    if self.cluster and pubsub is not None:
+                        seen = current
+                except Exception as exc:
+                    if isinstance(exc, _INTERRUPTED):
+                        log.warning("change notices interrupted (%s); retrying", exc)
+                    else:  # e.g. a cluster client failing once while it re-reads the slot map
+                        log.exception("change notices failed; retrying")
+                    if pubsub is not None:
                         await _close(pubsub)
                         pubsub = None
                     await asyncio.sleep(poll_s)

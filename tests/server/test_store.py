@@ -92,6 +92,27 @@ async def test_change_notices_arrive(store: Store) -> None:
     assert seen[0]["name"] == "r1" and seen[0]["kind"] == "rule" and seen[0]["version"] == 1
 
 
+async def test_a_failed_change_callback_is_delivered_again(store: Store) -> None:
+    """The watch never ends on an error: a change whose reload failed comes again with the
+    next revision poll."""
+    calls: list[dict] = []
+    again = asyncio.Event()
+
+    async def on_change(notice: dict) -> None:
+        calls.append(notice)
+        if len(calls) == 1:
+            raise RuntimeError("reload failed")
+        again.set()
+
+    watcher = asyncio.create_task(store.watch_changes(on_change, poll_s=0.2))
+    await asyncio.sleep(0.3)
+    await store.rules.put("r1", SPEC)
+    await asyncio.wait_for(again.wait(), 5)
+    assert not watcher.done()
+    watcher.cancel()
+    assert calls[0]["name"] == "r1" and calls[1]["revision"] == 1
+
+
 async def test_trace_roundtrip_and_review(store: Store) -> None:
     t = trace(hit("unsafe-code"))
     await store.traces.save(t)
