@@ -42,10 +42,11 @@ def layer_rows(model: nn.Module, layer: int, contexts: Tensor, model_batch: int)
         raise _StopForward
 
     handle = decoder_layers(model)[layer].register_forward_hook(hook)
+    device = next(model.parameters()).device
     try:
         for chunk in contexts.split(model_batch):
             try:
-                model(input_ids=chunk, use_cache=False)
+                model(input_ids=chunk.to(device), use_cache=False)
             except _StopForward:
                 pass
     finally:
