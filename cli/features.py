@@ -1,4 +1,4 @@
-"""`latentguard features search | contrast | top`."""
+"""`latentguard features search | contrast | top | effect`."""
 
 from __future__ import annotations
 
@@ -40,6 +40,18 @@ def cmd_features_discover(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_features_effect(args: argparse.Namespace) -> int:
+    from latentguard.lab.effects_cli import run_effect
+    from latentguard.lab.errors import LabError
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run_effect(args, console())
+    except LabError as exc:
+        raise CliError(str(exc)) from None
+    return EXIT_OK
+
+
 def register(sub: Subparsers) -> None:
     features = sub.add_parser("features", help="the SAE's feature catalog").add_subparsers(
         dest="features_command", required=True)
@@ -57,3 +69,10 @@ def register(sub: Subparsers) -> None:
     p = features.add_parser("top", help="the contexts where a feature fires most, highlighted")
     add_top_arguments(p)
     p.set_defaults(func=cmd_features_discover)
+    from latentguard.lab.effects_cli import add_effect_arguments
+
+    p = features.add_parser("effect", help="what steering a feature or direction at the SAE's "
+                            "layer does to the next-token distribution (KL, tokens gained and "
+                            "lost, target log-probs)")
+    add_effect_arguments(p)
+    p.set_defaults(func=cmd_features_effect)
