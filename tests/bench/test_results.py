@@ -21,6 +21,7 @@ RESULTS = Path(__file__).parents[2] / "bench" / "results"
 
 @pytest.mark.parametrize(("name", "cls"), [
     ("unsafe-code-gemma-3-270m-l9/metrics.json", uce.UnsafeCodeResults),
+    ("unsafe-code-thirdparty-gemma-3-270m-l9/metrics.json", uce.UnsafeCodeResults),
     ("deception-gemma-3-270m-l9/metrics.json", de.DeceptionResults),
     ("deception-loso-gemma-3-270m-l9/metrics.json", dl.LosoResults),
     ("steering-gemma-3-270m-l9/metrics.json", se.SteeringResults),
