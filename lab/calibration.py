@@ -13,6 +13,7 @@ how to split it among the signals.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -121,7 +122,8 @@ def calibrate(monitor: Monitor, signals: Signals, target_fpr: float, role: Role 
                                     fpr_before=before[rule.name])
             when = rule.when.model_copy(update={
                 "signal": sig.model_copy(update={"threshold": new})})
-            rule = rule.model_copy(update={"when": when})
+            rule = rule.model_copy(update={"when": when, "description": calibrated_description(
+                rule.description, new, sig.threshold, target_fpr, len(signals))})
         rules.append(rule)
         results.append(entry)
     pack = RulePack.model_validate(
@@ -133,6 +135,19 @@ def calibrate(monitor: Monitor, signals: Signals, target_fpr: float, role: Role 
             entry.fpr_after = after[entry.rule]
     return pack, CalibrationReport(target_fpr=target_fpr, n_texts=len(signals), texts_as=role,
                                    rules=results)
+
+
+_NOTE = re.compile(r" ?\[threshold [^\]]* set by latentguard calibrate [^\]]*\]$")
+
+
+def calibrated_description(description: str, new: float, old: float, target_fpr: float,
+                           n_texts: int) -> str:
+    """The description with a note of the calibration (replacing an earlier one), so that a
+    threshold's figures elsewhere in it are not read as this threshold's."""
+    note = (f"[threshold {new:.6g} set by latentguard calibrate at {target_fpr:.2%} FPR on "
+            f"{n_texts} benign texts; was {old:.6g}]")
+    kept = _NOTE.sub("", description)
+    return f"{kept} {note}" if kept else note
 
 
 def _shorthand(cond: dict[str, Any]) -> dict[str, Any]:

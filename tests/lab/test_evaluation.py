@@ -203,3 +203,14 @@ def test_cli_eval_and_calibrate(planted: dict, tmp_path: Path,
     bad.write_text('{"text": "x"}\n')
     assert main(["eval", str(bad), *common]) == 1
     assert "bad.jsonl:1" in capsys.readouterr().err
+
+
+def test_calibrated_description_notes_the_threshold_once() -> None:
+    from latentguard.lab.calibration import calibrated_description
+
+    once = calibrated_description("fires on X; held-out AUROC 0.9", 2.5, 1.0, 0.005, 2400)
+    assert once == ("fires on X; held-out AUROC 0.9 [threshold 2.5 set by latentguard calibrate "
+                    "at 0.50% FPR on 2400 benign texts; was 1]")
+    twice = calibrated_description(once, 3.0, 2.5, 0.01, 100)
+    assert twice.count("latentguard calibrate") == 1 and twice.endswith("was 2.5]")
+    assert calibrated_description("", 1.0, 2.0, 0.01, 5).startswith("[threshold 1 ")
