@@ -51,7 +51,7 @@ def test_planted_residual_direction_is_found_held_out_and_words_are_chance(tmp_p
 
     dl.final_probes(data, rows, 9, tmp_path)
     probe = Probe.load(tmp_path / "deception.json")
-    assert probe.meta.layer == 9 and "mean window of 32" in probe.meta.description
+    assert probe.meta.layer == 9 and "check: end" in probe.meta.description
     score = torch.stack([r.mean(0) for r in rows]) @ probe.direction + probe.meta.bias
     y = torch.tensor([r.label for r in data])
     assert score[y == 1].mean() > score[y == 0].mean()
@@ -106,3 +106,44 @@ def test_window_mean_max_is_the_rule_engines_running_mean() -> None:
     agg = make_window(Window(size=8, agg="mean"))
     engine = max(agg.push(float(v), i)[0] for i, v in enumerate(scores))
     assert float(dl.window_mean_max(scores, 8)) == pytest.approx(engine, rel=1e-12)
+
+
+def test_benign_thresholds_fire_on_one_percent_and_give_recall_held_out() -> None:
+    """A planted direction that benign text also carries: the threshold set on the benign
+    texts (inside each fold) is above most of it, so recall is what a reviewer would see."""
+    data = _rows()
+    gen = torch.Generator().manual_seed(0)
+    planted = torch.randn(16, generator=gen)
+    rows = []
+    for r in data:
+        x = torch.randn(5, 16, generator=gen)
+        x += (2.0 if r.label else 0.0) * planted
+        rows.append(x)
+    benign_rows = [torch.randn(5, 16, generator=gen) + 1.0 * planted for _ in range(300)]
+    benign = dl.Benign([f"b{i}" for i in range(300)], benign_rows)
+    res = dl.leave_one_situation_out(data, dl.detectors(data, rows, None, 0, benign))
+    summary = dl.summarize(res)
+    s = summary["probe-mean"]
+    assert s.mean_auroc > 0.95
+    # The benign texts sit halfway: the 1% threshold is above nearly all honest texts and
+    # below most deceptive ones.
+    assert s.recall_at_benign_fpr is not None and s.recall_at_benign_fpr > 0.5
+    assert s.honest_fpr_at_benign_fpr is not None and s.honest_fpr_at_benign_fpr < 0.05
+    assert all("probe-max" in sit.recall_at_benign_fpr for sit in res)
+
+
+def test_benign_threshold_is_the_one_percent_point() -> None:
+    scores = torch.arange(200, dtype=torch.float64)  # 0..199
+    t = dl.benign_threshold(scores, 0.01)
+    assert int((scores > t).sum()) == 2 and t == 197.0
+    assert int((torch.arange(50.0) > dl.benign_threshold(torch.arange(50.0), 0.01)).sum()) == 0
+
+
+def test_end_rule_is_a_valid_alert_checked_at_the_end() -> None:
+    from latentguard.monitors.rules import validate_rule
+
+    s = dl.Summary(0.83, (0.78, 0.87), 0.14, True, 0.4, 0.02)
+    rule = validate_rule(dl.end_rule(s, 1.25, "fit.jsonl"))
+    assert rule.check == "end" and rule.action.type == "alert"
+    assert rule.when.signal.window.size is None and rule.when.signal.threshold == 1.25
+    assert "40% of the held-out" in rule.description and "+0.140" in rule.description
