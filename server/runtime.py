@@ -202,14 +202,20 @@ class MonitorRuntime:
         rules.pop(name, None)
         inactive.pop(name, None)
         if spec is not None:
-            rule = Rule.model_validate(spec)
-            reason = self.inactive_reason(rule)
-            if reason is None:
-                rules[name] = rule
-            else:
-                inactive[name] = reason
-                log.warning("rule %s is not applied: %s", name, reason)
+            self._place(spec, rules, inactive)
         return rules, inactive, self._engine(rules)
+
+    def _place(self, spec: dict[str, Any], rules: dict[str, Rule],
+               inactive: dict[str, str]) -> None:
+        """A stored rule into ``rules`` (applied here) or ``inactive`` (with why not)."""
+        rule = Rule.model_validate(spec)
+        reason = self.inactive_reason(rule)
+        if reason is None:
+            rules[rule.name] = rule
+            return
+        inactive[rule.name] = reason
+        if self.inactive.get(rule.name) != reason:  # said once, not at every reload
+            log.warning("rule %s is not applied: %s", rule.name, reason)
 
     def _engine(self, rules: Mapping[str, Rule]) -> RuleEngine | None:
         if self.sae is None:
@@ -245,14 +251,7 @@ class MonitorRuntime:
         rules: dict[str, Rule] = {}
         inactive: dict[str, str] = {}
         for spec in rule_specs:
-            rule = Rule.model_validate(spec)
-            reason = self.inactive_reason(rule)
-            if reason is None:
-                rules[rule.name] = rule
-                continue
-            inactive[rule.name] = reason
-            if self.inactive.get(rule.name) != reason:  # said once, not at every reload
-                log.warning("rule %s is not applied: %s", rule.name, reason)
+            self._place(spec, rules, inactive)
         policies = {p.name: p for p in (Policy.model_validate(spec) for spec in policy_specs)}
         return rules, inactive, policies, self._engine(rules)
 

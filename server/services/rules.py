@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
@@ -41,10 +40,6 @@ from latentguard.server.errors import (
 from latentguard.server.store import Store
 from latentguard.v1 import rules_pb2, rules_pb2_grpc
 
-#: Extra checks against the loaded SAE and probes (feature range, probe names); may raise.
-#: The runtime's is a `RuleCheck` (plain data), which a big pack's worker process runs too.
-RuleChecker = Callable[[Rule], None]
-
 
 class LoadedSAE(Protocol):
     """What the service asks of the sidecar's runtime: the SAE it loads and its checks."""
@@ -52,7 +47,10 @@ class LoadedSAE(Protocol):
     @property
     def sae_identity(self) -> SAEIdentity | None: ...
 
-    def rule_checker(self) -> RuleChecker | None: ...
+    def rule_checker(self) -> RuleCheck | None:
+        """The loaded SAE's and probes' check of a rule (plain data: a big pack's worker
+        process runs it too); None without an SAE."""
+        ...
 
     def inactive_reason(self, rule: Rule) -> str | None: ...
 
@@ -60,7 +58,7 @@ class LoadedSAE(Protocol):
 class _NoSAE:
     sae_identity: SAEIdentity | None = None
 
-    def rule_checker(self) -> RuleChecker | None:
+    def rule_checker(self) -> RuleCheck | None:
         return None
 
     def inactive_reason(self, rule: Rule) -> str | None:
@@ -98,7 +96,7 @@ async def parse_pack(text: str, source: str) -> Parsed:
 
 
 def checked_pack(parsed: Parsed, text: str, source: str, *, bind: bool,
-                 loaded: SAEIdentity | None, check: RuleChecker | None
+                 loaded: SAEIdentity | None, check: RuleCheck | None
                  ) -> rules_pb2.ValidateRuleResponse:
     """A parsed pack checked against the loaded SAE (``loaded``, ``check``), as the answer to
     ValidateRule. A problem names the field as the pack's text wrote it, and its line. Rules
@@ -108,7 +106,7 @@ def checked_pack(parsed: Parsed, text: str, source: str, *, bind: bool,
     mismatched: dict[str, list[SAEMismatchError]] = {}
     for i, rule in enumerate(rules):
         try:
-            rules[i] = check_binding(rule, loaded, bind=bind, field="") if loaded else rule
+            rules[i] = _bound(rule, loaded, bind, "")
         except SAEMismatchError as exc:
             at_pack = pack_sae is not None and rule.sae == pack_sae
             mismatched.setdefault("sae" if at_pack else f"rules[{i}].sae", []).append(exc)
@@ -164,7 +162,13 @@ def validate_pack_in_worker(text: str, source: str, bind: bool, loaded: SAEIdent
     return answer.SerializeToString()
 
 
-def _check(check: RuleChecker | None, rule: Rule, prefix: str) -> None:
+def _bound(rule: Rule, loaded: SAEIdentity | None, bind: bool, field: str) -> Rule:
+    """The rule bound to the ``loaded`` SAE (SAEMismatchError naming ``field`` when it was
+    written for another and ``bind`` is not set); as it is without an SAE."""
+    return check_binding(rule, loaded, bind=bind, field=field) if loaded else rule
+
+
+def _check(check: RuleCheck | None, rule: Rule, prefix: str) -> None:
     """The loaded SAE's and probes' checks; their errors become RuleValidationErrors naming
     the field."""
     if check is None:
@@ -194,10 +198,7 @@ class RulesService(rules_pb2_grpc.RulesServicer):
         self._runtime: LoadedSAE = runtime if runtime is not None else _NoSAE()
 
     def _bind(self, rule: Rule, field: str, bind: bool) -> Rule:
-        """The rule bound to the loaded SAE (SAEMismatchError naming ``field`` when it was
-        written for another and ``bind`` is not set); as it is without an SAE."""
-        loaded = self._runtime.sae_identity
-        return check_binding(rule, loaded, bind=bind, field=field) if loaded else rule
+        return _bound(rule, self._runtime.sae_identity, bind, field)
 
     def _check(self, rule: Rule, prefix: str) -> None:
         _check(self._runtime.rule_checker(), rule, prefix)
@@ -225,14 +226,11 @@ class RulesService(rules_pb2_grpc.RulesServicer):
 
     async def _validate_big_pack(self, text: str, source: str, bind: bool
                                  ) -> rules_pb2.ValidateRuleResponse:
-        check = self._runtime.rule_checker()
-        if check is not None and not isinstance(check, RuleCheck):
-            raise FailedPrecondition("this sidecar's rule check cannot run in a worker process")
         global _pool
         try:
             answer = await asyncio.get_running_loop().run_in_executor(
                 _parser_pool(), validate_pack_in_worker, text, source, bind,
-                self._runtime.sae_identity, check)
+                self._runtime.sae_identity, self._runtime.rule_checker())
         except BrokenProcessPool:
             _pool = None
             raise Unavailable("the rule pack checker stopped; try again") from None
